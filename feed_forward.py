@@ -1,0 +1,97 @@
+"""The position-wise feed-forward network: Linear(C -> d_ff) -> GELU -> Linear(d_ff -> C) -> dropout."""
+import math
+
+import numpy as np
+
+from module import Dropout, Module, linear_backward, linear_forward
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+TANH_CUBIC_COEFFICIENT = 0.044715
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def erf(x):
+    """The error function to float64 accuracy (NumPy has none, and SciPy is not a dependency).
+
+    |x| < 2.5:  erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_n (2x^2)^n x / (1*3*...*(2n+1)), a series of
+                positive terms (no cancellation); 60 terms reach float64 precision for x^2 < 6.25.
+    |x| >= 2.5: erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...))))),
+                a continued fraction evaluated bottom-up; 60 levels suffice from 2.5 upward.
+    The loops run over terms, never over elements, so the function is vectorized (and CuPy-ready).
+    """
+    magnitude = np.abs(x)
+    small = np.minimum(magnitude, 2.5)
+    term = small.copy()
+    series = small.copy()
+    for n in range(1, 60):
+        term *= 2.0 * small * small / (2 * n + 1)
+        series += term
+    erf_small = (2.0 / math.sqrt(math.pi)) * np.exp(-small * small) * series
+
+    large = np.maximum(magnitude, 2.5)
+    fraction = large.copy()
+    for level in range(60, 0, -1):
+        fraction = large + (level / 2.0) / fraction
+    erf_large = 1.0 - np.exp(-large * large) / (math.sqrt(math.pi) * fraction)
+
+    return np.sign(x) * np.where(magnitude < 2.5, erf_small, erf_large)
+
+
+def gelu_tanh_forward(x):
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Returns (out, cache)."""
+    tanh_value = np.tanh(SQRT_2_OVER_PI * (x + TANH_CUBIC_COEFFICIENT * x * x * x))
+    return 0.5 * x * (1.0 + tanh_value), tanh_value
+
+
+def gelu_tanh_backward(dout, x, tanh_value):
+    # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t the cached tanh.
+    inner_derivative = SQRT_2_OVER_PI * (1.0 + 3.0 * TANH_CUBIC_COEFFICIENT * x * x)
+    return dout * (0.5 * (1.0 + tanh_value) + 0.5 * x * (1.0 - tanh_value * tanh_value) * inner_derivative)
+
+
+def gelu_exact_forward(x):
+    """The exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)). Returns (out, cache)."""
+    cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))
+    return x * cdf, cdf
+
+
+def gelu_exact_backward(dout, x, cdf):
+    # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi the standard normal density.
+    return dout * (cdf + x * INV_SQRT_2PI * np.exp(-0.5 * x * x))
+
+
+ACTIVATIONS = {
+    "gelu_tanh": (gelu_tanh_forward, gelu_tanh_backward),
+    "gelu": (gelu_exact_forward, gelu_exact_backward),
+}
+
+
+class FeedForward(Module):
+    """x: (B, T, C) -> (B, T, C).  Parameters W_in (C, d_ff), b_in (d_ff,), W_out (d_ff, C), b_out (C,)."""
+
+    def __init__(self, d_model, d_ff, activation, dropout, rng, dtype):
+        super().__init__()
+        self.add_parameter("W_in", np.zeros((d_model, d_ff), dtype=dtype))
+        self.add_parameter("b_in", np.zeros(d_ff, dtype=dtype))
+        self.add_parameter("W_out", np.zeros((d_ff, d_model), dtype=dtype))
+        self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
+        self.activation_forward, self.activation_backward = ACTIVATIONS[activation]
+        self.dropout = Dropout(dropout, rng)
+        self.cache = None
+
+    def forward(self, x):
+        p = self.params
+        hidden = linear_forward(x, p["W_in"], p["b_in"])            # (B, T, d_ff)
+        activated, activation_cache = self.activation_forward(hidden)
+        out = linear_forward(activated, p["W_out"], p["b_out"])     # (B, T, C)
+        self.cache = (x, hidden, activation_cache, activated)
+        return self.dropout.forward(out)
+
+    def backward(self, dout):
+        x, hidden, activation_cache, activated = self.cache
+        p, g = self.params, self.grads
+        dout = self.dropout.backward(dout)
+        dactivated = linear_backward(dout, activated, p["W_out"], g["W_out"], g["b_out"])
+        dhidden = self.activation_backward(dactivated, hidden, activation_cache)
+        return linear_backward(dhidden, x, p["W_in"], g["W_in"], g["b_in"])

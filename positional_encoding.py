@@ -1,0 +1,49 @@
+"""Positional information: the fixed sinusoidal encoding (Vaswani et al. 2017) or a learned table (GPT-2).
+
+Both map positions (T,) to vectors (T, C) that the decoder adds to the token embeddings.
+"""
+import numpy as np
+
+from module import Embedding, Module
+
+
+def sinusoidal_table(positions, d_model):
+    """PE[pos, 2i] = sin(pos / 10000^(2i / d_model)),  PE[pos, 2i+1] = cos(pos / 10000^(2i / d_model)).
+
+    positions: (T,) integers -> (T, d_model) float64. Column j uses the frequency of its pair
+    2 * (j // 2), so an odd d_model simply ends with a lone sine column.
+    """
+    columns = np.arange(d_model)
+    pair_start = columns - columns % 2
+    angles = np.asarray(positions, dtype=np.float64)[:, None] / 10000.0 ** (pair_start / d_model)
+    return np.where(columns % 2 == 0, np.sin(angles), np.cos(angles))
+
+
+class SinusoidalPositionalEncoding(Module):
+    """Fixed encoding, no parameters. Table precomputed for max_seq_len positions (in float64 for
+    accuracy, then cast); later positions are computed on demand, since the formula has no limit."""
+
+    def __init__(self, max_seq_len, d_model, dtype):
+        super().__init__()
+        self.d_model = d_model
+        self.dtype = dtype
+        self.table = sinusoidal_table(np.arange(max_seq_len), d_model).astype(dtype)
+
+    def forward(self, positions):
+        """positions: (T,) -> (T, C)."""
+        if positions.size and positions.max() >= len(self.table):
+            return sinusoidal_table(positions, self.d_model).astype(self.dtype)
+        return self.table[positions]
+
+    def backward(self, dout):
+        """Nothing to learn and nothing upstream: the positions are not differentiable."""
+
+
+class LearnedPositionalEmbedding(Embedding):
+    """A trained (max_seq_len, C) table, one row per position (GPT-2's `wpe`)."""
+
+    def backward(self, dout):
+        """dout: (B, T, C). With positions (T,) every sequence used the same rows: their gradients add."""
+        if dout.ndim > self.ids.ndim + 1:
+            dout = dout.sum(axis=0)
+        super().backward(dout)

@@ -1,0 +1,256 @@
+import numpy as np
+import pytest
+from conftest import require_oracle
+from gradcheck import RELATIVE_ERROR_BOUND, check_gradients, relative_error
+from torch_reference import reference_gradients
+
+from transformer_lm import IGNORE_INDEX, PRESETS, TransformerConfig, TransformerLM
+
+VARIANTS = [dict(norm_first=norm_first, positional=positional, tie_weights=tie)
+            for norm_first in (False, True) for positional in ("sinusoidal", "learned") for tie in (True, False)]
+
+
+def small_model(seed=0, **overrides):
+    config = TransformerConfig(**{**dict(vocab_size=11, d_model=8, n_heads=2, n_layers=2, max_seq_len=12,
+                                         dropout=0.0, dtype="float64"), **overrides})
+    return TransformerLM(config, seed=seed)
+
+
+def random_batch(model, shape, seed=0, ignore_fraction=0.0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, model.config.vocab_size, shape)
+    targets = rng.integers(0, model.config.vocab_size, shape)
+    targets[rng.random(shape) < ignore_fraction] = IGNORE_INDEX
+    targets.flat[0] = 0  # at least one target counts
+    return ids, targets
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes(variant):
+    model = small_model(**variant, dtype="float32")
+    ids, targets = random_batch(model, (3, 5))
+    logits = model(ids)
+    assert logits.shape == (3, 5, 11) and logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, model.forward(ids))
+    assert isinstance(model.loss(ids, targets), float)
+    grads = model.backward()
+    params = model.parameters()
+    assert grads.keys() == params.keys()
+    assert all(grads[name].shape == params[name].shape for name in params)
+    assert ("lm_head.weight" in params) == (not variant["tie_weights"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS[::3])
+def test_changing_later_tokens_leaves_earlier_logits_unchanged(variant):
+    model = small_model(**variant)
+    ids, _ = random_batch(model, (2, 9), seed=1)
+    changed = ids.copy()
+    changed[:, 5:] = (changed[:, 5:] + 3) % 11
+    before, after = model(ids), model(changed)
+    np.testing.assert_allclose(before[:, :5], after[:, :5], atol=1e-12)
+    assert not np.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_loss_is_the_mean_cross_entropy_over_targets_that_count():
+    model = small_model(seed=3)
+    ids, targets = random_batch(model, (3, 6), seed=4, ignore_fraction=0.4)
+    logits = model(ids)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    counted = [(b, t) for b in range(3) for t in range(6) if targets[b, t] != IGNORE_INDEX]
+    expected = -np.mean([log_probs[b, t, targets[b, t]] for b, t in counted])
+    assert len(counted) < 18
+    assert model.loss(ids, targets) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_whole_model_gradient_check(variant, dropout):
+    model = small_model(seed=5, dropout=dropout, **variant).train()
+    ids, targets = random_batch(model, (2, 5), seed=6, ignore_fraction=0.3)
+    state = model.rng.bit_generator.state
+
+    def loss():
+        model.rng.bit_generator.state = state  # the same dropout masks at every evaluation
+        return model.loss(ids, targets)
+
+    loss()
+    analytic = {name: grad.copy() for name, grad in model.backward().items()}
+    errors = check_gradients(loss, analytic, model.parameters(), np.random.default_rng(7), max_count=12)
+    assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
+
+
+ORACLE_CASES = [
+    dict(shape=(2, 7), vocab_size=13, d_model=12, n_heads=3, n_layers=2),
+    dict(shape=(3, 5), vocab_size=7, d_model=10, n_heads=5, n_layers=1, d_ff=9),
+    dict(shape=(1, 9), vocab_size=17, d_model=6, n_heads=1, n_layers=3, activation="gelu"),
+]
+
+
+@pytest.mark.parametrize("case", ORACLE_CASES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype,bound", [("float64", 1e-9), ("float32", 1e-4)])
+def test_against_pytorch_autograd(case, variant, dtype, bound):
+    torch = require_oracle("torch")
+    case = dict(case)
+    shape = case.pop("shape")
+    model = small_model(seed=8, dtype=dtype, init="gpt2", **case, **variant)
+    for name, value in model.parameters().items():  # move LayerNorm and biases off their defaults
+        if value.ndim == 1:
+            value += np.random.default_rng(len(name)).normal(0.0, 0.1, value.shape).astype(dtype)
+    ids, targets = random_batch(model, shape, seed=9, ignore_fraction=0.2)
+    loss = model.loss(ids, targets)
+    grads = model.backward()
+    logits = model(ids)
+    torch_logits, torch_loss, torch_grads = reference_gradients(torch, model, ids, targets)
+    assert relative_error(logits, torch_logits) < bound
+    assert loss == pytest.approx(torch_loss, rel=bound)
+    errors = {name: relative_error(grads[name], torch_grads[name]) for name in grads}
+    assert max(errors.values()) < bound, errors
+
+
+def test_float32_mode_creates_no_float64_arrays():
+    model = small_model(dtype="float32", dropout=0.1, norm_first=True, positional="learned", activation="gelu")
+    ids, targets = random_batch(model, (2, 6))
+    model.train()
+    model.loss(ids, targets)
+    grads = model.backward()
+    seen = []
+
+    def collect(value):
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            seen.append(value.dtype)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                collect(item)
+
+    for _, module in model.named_modules():
+        for value in vars(module).values():
+            collect(value)
+    collect(list(grads.values()))
+    collect(model(ids))
+    assert len(seen) > 50 and set(seen) == {np.dtype(np.float32)}
+
+
+def test_xavier_statistics():
+    model = TransformerLM(TransformerConfig(vocab_size=300, d_model=96, n_heads=4, n_layers=2), seed=0)
+    for name, value in model.parameters().items():
+        if value.ndim == 2:
+            bound = np.sqrt(6.0 / (value.shape[0] + value.shape[1]))
+            assert np.abs(value).max() <= bound, name
+            assert abs(value.std() - bound / np.sqrt(3.0)) < 0.05 * bound / np.sqrt(3.0), name
+            assert abs(value.mean()) < 0.05 * bound, name
+        elif name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+            assert np.all(value == 1.0)
+        else:
+            assert np.all(value == 0.0), name
+
+
+def test_gpt2_initialization_statistics():
+    model = TransformerLM(TransformerConfig(vocab_size=300, d_model=96, n_heads=4, n_layers=3, init="gpt2"), seed=0)
+    for name, value in model.parameters().items():
+        if value.ndim == 2:
+            expected = 0.02 / np.sqrt(6) if name.endswith("W_out") else 0.02
+            assert abs(value.std() - expected) < 0.05 * expected, name
+
+
+def test_seed_determines_weights_and_parameters_are_live():
+    first, second, other = small_model(seed=1), small_model(seed=1), small_model(seed=2)
+    for name, value in first.parameters().items():
+        np.testing.assert_array_equal(value, second.parameters()[name])
+    assert not np.array_equal(first.parameters()["decoder.token_embedding.weight"],
+                              other.parameters()["decoder.token_embedding.weight"])
+    ids, _ = random_batch(first, (1, 4))
+    before = first(ids)
+    # A feature-dependent shift (a constant one would vanish in the next LayerNorm).
+    first.parameters()["decoder.blocks.0.feed_forward.b_out"] += np.arange(8.0)
+    assert not np.allclose(before, first(ids))
+
+
+def test_dropout_on_in_train_mode_and_off_in_eval_mode():
+    model = small_model(dropout=0.5)
+    ids, _ = random_batch(model, (2, 6))
+    model.train()
+    assert not np.allclose(model(ids), model(ids))
+    model.eval()
+    np.testing.assert_array_equal(model(ids), model(ids))
+
+
+def test_presets():
+    gpt2 = TransformerConfig.from_preset("gpt2")
+    assert (gpt2.n_layers, gpt2.n_heads, gpt2.d_model, gpt2.vocab_size, gpt2.max_seq_len) == (12, 12, 768, 50257, 1024)
+    assert gpt2.norm_first and gpt2.positional == "learned" and gpt2.tie_weights
+    assert TransformerConfig.from_preset("demo", n_layers=5).n_layers == 5
+    assert set(PRESETS) >= {"demo", "gpt2"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        TransformerConfig.from_preset("gpt5")
+
+
+@pytest.mark.parametrize("field,value,error,message", [
+    ("d_model", 9, ValueError, r"d_model \(9\) must be divisible by n_heads \(2\)"),
+    ("dropout", 1.0, ValueError, r"dropout must be in \[0, 1\)"),
+    ("dropout", -0.1, ValueError, "dropout"),
+    ("positional", "rotary", ValueError, "positional must be one of"),
+    ("activation", "relu", ValueError, "activation must be one of"),
+    ("init", "kaiming", ValueError, "init must be one of"),
+    ("dtype", "float16", ValueError, "dtype must be one of"),
+    ("n_layers", 0, ValueError, "n_layers must be a positive integer"),
+    ("vocab_size", 2.5, ValueError, "vocab_size must be a positive integer"),
+    ("layer_norm_eps", 0.0, ValueError, "layer_norm_eps"),
+    ("norm_first", "yes", TypeError, "norm_first must be True or False"),
+])
+def test_bad_configs(field, value, error, message):
+    with pytest.raises(error, match=message):
+        TransformerConfig(**{"vocab_size": 11, "d_model": 8, "n_heads": 2, field: value})
+
+
+@pytest.mark.parametrize("ids,error,message", [
+    (np.array([[1, 2, 11]]), ValueError, r"token id 11 at ids\[0, 2\] is out of range \[0, 11\)"),
+    (np.array([[1, -1]]), ValueError, "token id -1"),
+    (np.array([[1.0, 2.0]]), TypeError, "integer array of token ids, got dtype float64"),
+    (np.array([1, 2, 3]), ValueError, r"shape \(batch, seq_len\), got shape \(3,\)"),
+    (np.zeros((2, 0), dtype=np.int64), ValueError, "empty"),
+    (np.zeros((1, 13), dtype=np.int64), ValueError, "sequence length 13 exceeds max_seq_len 12"),
+    ([["a", "b"]], TypeError, "integer array"),
+])
+def test_bad_ids(ids, error, message):
+    model = small_model(positional="learned")
+    with pytest.raises(error, match=message):
+        model(ids)
+    with pytest.raises(error, match=message):
+        model.loss(ids, np.zeros(np.shape(ids), dtype=np.int64))
+
+
+def test_sinusoidal_model_accepts_sequences_beyond_max_seq_len():
+    model = small_model(positional="sinusoidal")
+    assert model(np.zeros((1, 20), dtype=np.int64)).shape == (1, 20, 11)
+
+
+@pytest.mark.parametrize("targets,error,message", [
+    (np.zeros((2, 4), dtype=np.int64), ValueError, r"targets shape \(2, 4\) must match ids shape \(2, 3\)"),
+    (np.zeros((2, 3)), TypeError, "targets must be an integer array"),
+    (np.full((2, 3), 11), ValueError, r"target 11 at targets\[0, 0\] is out of range"),
+    (np.full((2, 3), IGNORE_INDEX), ValueError, "every target equals ignore_index"),
+])
+def test_bad_targets(targets, error, message):
+    with pytest.raises(error, match=message):
+        small_model().loss(np.zeros((2, 3), dtype=np.int64), targets)
+
+
+def test_backward_needs_a_fresh_loss():
+    model = small_model()
+    ids, targets = random_batch(model, (1, 4))
+    with pytest.raises(RuntimeError, match="needs a preceding loss"):
+        model.backward()
+    model.loss(ids, targets)
+    model(ids)
+    with pytest.raises(RuntimeError, match="needs a preceding loss"):
+        model.backward()
+    model.loss(ids, targets)
+    model.backward()
+    with pytest.raises(RuntimeError, match="needs a preceding loss"):
+        model.backward()
+
+
+def test_config_type_is_checked():
+    with pytest.raises(TypeError, match="TransformerConfig"):
+        TransformerLM({"vocab_size": 10})

@@ -1,0 +1,231 @@
+"""TransformerLM: the Decoder plus an output projection to vocabulary logits, with loss and backward.
+
+    from transformer_lm import TransformerLM, TransformerConfig
+    model = TransformerLM(TransformerConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4), seed=0)
+    logits = model(ids)                   # (B, T) int -> (B, T, vocab_size)
+    loss = model.loss(ids, targets)       # mean cross-entropy; targets == -100 are skipped
+    grads = model.backward()              # name -> gradient, same keys as model.parameters()
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from decoder import Decoder
+from module import Module
+
+IGNORE_INDEX = -100
+
+CHOICES = {
+    "positional": ("sinusoidal", "learned"),
+    "activation": ("gelu_tanh", "gelu"),
+    "init": ("xavier", "gpt2"),
+    "dtype": ("float32", "float64"),
+}
+
+
+@dataclasses.dataclass
+class TransformerConfig:
+    """Every shape and option of the model. Validated on construction.
+
+    positional: "sinusoidal" (fixed, Vaswani et al.) or "learned" (GPT-2).
+    norm_first: False = post-LN, LayerNorm(x + sublayer(x)); True = pre-LN, x + sublayer(LayerNorm(x)).
+    tie_weights: the output projection reuses the token embedding matrix.
+    activation: "gelu_tanh" (GPT-2's approximation) or "gelu" (exact, through erf).
+    init: "xavier" (Glorot uniform for every matrix) or "gpt2" (normal(0, 0.02), residual
+          projections scaled by 1/sqrt(2 * n_layers)); see TransformerLM.initialize.
+    """
+    vocab_size: int = 256
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = None  # None -> 4 * d_model
+    max_seq_len: int = 128
+    dropout: float = 0.1
+    positional: str = "sinusoidal"
+    norm_first: bool = False
+    tie_weights: bool = True
+    activation: str = "gelu_tanh"
+    layer_norm_eps: float = 1e-5
+    init: str = "xavier"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.layer_norm_eps > 0.0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("norm_first", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @property
+    def numpy_dtype(self):
+        return np.dtype(self.dtype)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A named shape (see PRESETS) with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+GPT2_STYLE = dict(positional="learned", norm_first=True, tie_weights=True, activation="gelu_tanh",
+                  init="gpt2")
+PRESETS = {
+    # The seed's demo: small enough to run in a blink.
+    "demo": dict(vocab_size=1000, d_model=64, n_heads=4, n_layers=2, max_seq_len=128),
+    # nanoGPT's CPU quick start for character-level Shakespeare (0.8M parameters).
+    "nanogpt-cpu": dict(vocab_size=65, d_model=128, n_heads=4, n_layers=4, max_seq_len=64, dropout=0.0,
+                        **GPT2_STYLE),
+    # GPT-2 small (124M parameters).
+    "gpt2": dict(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, max_seq_len=1024, dropout=0.1,
+                 **GPT2_STYLE),
+}
+
+
+class TransformerLM(Module):
+    """ids (B, T) -> logits (B, T, vocab_size). All randomness (initialization and dropout masks)
+    comes from `self.rng`, a Generator seeded by `seed`."""
+
+    def __init__(self, config, seed=0):
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+        self.decoder = Decoder(config, self.rng)
+        if not config.tie_weights:
+            self.add_parameter("lm_head.weight", np.zeros((config.vocab_size, config.d_model),
+                                                          dtype=config.numpy_dtype))
+        self.initialize()
+        self.hidden = None           # decoder output cached for the head's backward
+        self.loss_cache = None       # (probabilities, targets, count) from loss(), consumed by backward()
+
+    def initialize(self):
+        """Fill every matrix (ndim 2, embeddings included) from self.rng; vectors keep their start
+        (biases 0, LayerNorm gains 1).
+
+        xavier: uniform(-a, a), a = sqrt(6 / (rows + columns)) (Glorot & Bengio 2010), with rows and
+                columns of the matrix as stored: weights (in, out), embeddings (vocab or positions, C).
+        gpt2:   normal(0, 0.02); the two projections that write into the residual stream (attention
+                and feed-forward W_out) get 0.02 / sqrt(2 * n_layers), as in GPT-2 and nanoGPT.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, value in self.parameters().items():
+            if value.ndim != 2:
+                continue
+            if self.config.init == "xavier":
+                bound = math.sqrt(6.0 / sum(value.shape))
+                value[...] = self.rng.uniform(-bound, bound, value.shape)
+            else:
+                std = residual_std if name.endswith("W_out") else 0.02
+                value[...] = self.rng.normal(0.0, std, value.shape)
+
+    @property
+    def output_weight(self):
+        """(vocab_size, C): the token embedding when tied, else the separate lm_head."""
+        if self.config.tie_weights:
+            return self.decoder.token_embedding.params["weight"]
+        return self.params["lm_head.weight"]
+
+    @property
+    def output_grad(self):
+        if self.config.tie_weights:
+            return self.decoder.token_embedding.grads["weight"]
+        return self.grads["lm_head.weight"]
+
+    def num_parameters(self):
+        return sum(value.size for value in self.parameters().values())
+
+    def check_ids(self, ids, name="ids"):
+        """Validate token ids at the public boundary: an integer array (B, T), each in [0, vocab_size)."""
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
+        if ids.ndim != 2:
+            raise ValueError(f"{name} must have shape (batch, seq_len), got shape {ids.shape}")
+        if ids.size == 0:
+            raise ValueError(f"{name} is empty (shape {ids.shape}); need at least one token per sequence")
+        out_of_range = (ids < 0) | (ids >= self.config.vocab_size)
+        if out_of_range.any():
+            position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
+            raise ValueError(f"token id {ids[position]} at {name}{list(position)} is out of range "
+                             f"[0, {self.config.vocab_size})")
+        if self.config.positional == "learned" and ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_seq_len {self.config.max_seq_len} "
+                             "(learned positions have no embedding beyond it)")
+        return ids
+
+    def forward(self, ids):
+        """ids: (B, T) integers in [0, vocab_size) -> logits (B, T, vocab_size)."""
+        self.loss_cache = None  # a new forward pass invalidates a pending loss()
+        return self.logits(self.check_ids(ids))
+
+    __call__ = forward
+
+    def logits(self, ids):
+        self.hidden = self.decoder.forward(ids)                      # (B, T, C)
+        return self.hidden @ self.output_weight.T                      # (B, T, V)
+
+    def loss(self, ids, targets, ignore_index=IGNORE_INDEX):
+        """Mean cross-entropy of next-token targets (B, T) over the positions not equal to ignore_index."""
+        ids = self.check_ids(ids)
+        targets = np.asarray(targets)
+        if targets.dtype.kind not in "iu":
+            raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
+        if targets.shape != ids.shape:
+            raise ValueError(f"targets shape {targets.shape} must match ids shape {ids.shape}")
+        valid = targets != ignore_index
+        if not valid.any():
+            raise ValueError(f"every target equals ignore_index ({ignore_index}); nothing to learn from")
+        bad = valid & ((targets < 0) | (targets >= self.config.vocab_size))
+        if bad.any():
+            position = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"target {targets[position]} at targets{list(position)} is out of range "
+                             f"[0, {self.config.vocab_size}) and is not ignore_index ({ignore_index})")
+
+        logits = self.logits(ids).reshape(-1, self.config.vocab_size)   # (B*T, V), ours to overwrite
+        rows = np.flatnonzero(valid)
+        target_ids = targets.reshape(-1)[rows]
+        # loss_i = logsumexp(logits_i) - logits_i[target_i], computed on max-shifted logits; the same
+        # buffer then becomes the softmax probabilities that backward needs.
+        logits -= logits.max(axis=1, keepdims=True)
+        target_logits = logits[rows, target_ids]
+        probabilities = np.exp(logits, out=logits)
+        sums = probabilities.sum(axis=1, keepdims=True)
+        probabilities /= sums
+        losses = np.log(sums[rows, 0]) - target_logits
+        self.loss_cache = (probabilities, valid.reshape(-1), rows, target_ids)
+        return float(np.sum(losses, dtype=np.float64) / rows.size)
+
+    def backward(self):
+        """Gradients of the last loss() for every parameter: dict name -> array (the model's own
+        buffers, overwritten by the next backward; copy them to accumulate over micro-batches)."""
+        if self.loss_cache is None:
+            raise RuntimeError("backward() needs a preceding loss(ids, targets) (and no forward() since)")
+        probabilities, valid, rows, target_ids = self.loss_cache
+        self.loss_cache = None
+        self.zero_grad()
+        # d(mean cross-entropy)/d logits = (softmax - one_hot(target)) / count, zero at ignored rows.
+        dlogits = probabilities
+        dlogits[rows, target_ids] -= 1.0
+        dlogits *= (1.0 / rows.size)
+        dlogits[~valid] = 0.0
+        hidden_2d = self.hidden.reshape(-1, self.config.d_model)
+        self.output_grad[...] += dlogits.T @ hidden_2d                   # (V, C)
+        dhidden = (dlogits @ self.output_weight).reshape(self.hidden.shape)
+        self.decoder.backward(dhidden)
+        return self.gradients()
