@@ -5,6 +5,11 @@ import numpy as np
 
 from module import Dropout, Module, linear_backward, linear_forward
 
+# Blocked scores get a large negative finite value instead of -inf: exp() still turns them into exact
+# zeros, but a query whose keys are all blocked (a left-padding position) gets a uniform row instead
+# of 0/0 = NaN, which would otherwise leak into later layers through 0 * NaN.
+MASKED_SCORE = -1e30
+
 
 def causal_mask(num_queries, num_keys):
     """(Tq, Tk) boolean, True where query i may NOT look at key j.
@@ -54,15 +59,26 @@ class CausalSelfAttention(Module):
         heads = qkv.reshape(B, T, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         return heads[0], heads[1], heads[2]
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None, key_padding=None):
+        """x: (B, T, C) -> (B, T, C).
+
+        kv_cache: a KVCache holding the keys and values of earlier positions (incremental decoding);
+            the T new positions follow them. key_padding: (B, Tk) bool, True at padded key positions
+            (left-padded prompts), which no query may attend to. Both are for inference only.
+        """
         B, T, C = x.shape
         p = self.params
         qkv = linear_forward(x, p["W_qkv"], p["b_qkv"])                  # (B, T, 3C)
         queries, keys, values = self.split_heads(qkv)                     # (B, H, T, D) each
-        # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x T).
+        if kv_cache is not None:
+            keys, values = kv_cache.append(keys, values)                  # (B, H, Tk, D), Tk >= T
+        # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x Tk).
         scaled_queries = queries * (1.0 / math.sqrt(self.head_dim))
-        scores = scaled_queries @ keys.transpose(0, 1, 3, 2)             # (B, H, T, T)
-        scores[..., causal_mask(T, T)] = -np.inf
+        scores = scaled_queries @ keys.transpose(0, 1, 3, 2)             # (B, H, T, Tk)
+        blocked = causal_mask(T, keys.shape[2])
+        if key_padding is not None:
+            blocked = blocked | key_padding[:, None, None, :]             # (B, 1, T, Tk)
+        np.copyto(scores, MASKED_SCORE, where=blocked)
         weights = softmax(scores)                                         # rows sum to 1
         dropped_weights = self.attention_dropout.forward(weights)
         heads_out = dropped_weights @ values                              # (B, H, T, D)
@@ -86,3 +102,26 @@ class CausalSelfAttention(Module):
         # Stack back into the fused layout (B, T, 3, H, D) -> (B, T, 3C), the inverse of split_heads.
         dqkv = np.stack([dqueries, dkeys, dvalues]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
         return linear_backward(dqkv, x, p["W_qkv"], g["W_qkv"], g["b_qkv"])
+
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, so that a new token attends to
+    the past without recomputing it: O(T * C) work per token instead of a whole forward pass.
+
+    Buffers (B, H, capacity, D) are allocated once; `length` positions are filled.
+    """
+
+    def __init__(self, batch_size, n_heads, capacity, head_dim, dtype):
+        self.keys = np.zeros((batch_size, n_heads, capacity, head_dim), dtype=dtype)
+        self.values = np.zeros_like(self.keys)
+        self.length = 0
+
+    def append(self, keys, values):
+        """Store keys, values (B, H, T, D) after the filled part; return all filled (B, H, length, D)."""
+        end = self.length + keys.shape[2]
+        if end > self.keys.shape[2]:
+            raise ValueError(f"KV cache is full: {end} positions requested, capacity {self.keys.shape[2]}")
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]

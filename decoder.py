@@ -22,8 +22,9 @@ class DecoderBlock(Module):
                                         config.dropout, rng, dtype)
         self.norm2 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
 
-    def forward(self, x):
-        x = residual_forward(x, self.attention, self.norm1, self.norm_first)
+    def forward(self, x, kv_cache=None, key_padding=None):
+        x = residual_forward(x, self.attention, self.norm1, self.norm_first,
+                             kv_cache=kv_cache, key_padding=key_padding)
         return residual_forward(x, self.feed_forward, self.norm2, self.norm_first)
 
     def backward(self, dout):
@@ -49,11 +50,15 @@ class Decoder(Module):
         self.blocks = [DecoderBlock(config, rng) for _ in range(config.n_layers)]
         self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps, dtype) if config.norm_first else None
 
-    def forward(self, ids):
-        x = self.token_embedding.forward(ids) + self.position_embedding.forward(np.arange(ids.shape[1]))
+    def forward(self, ids, positions=None, kv_caches=None, key_padding=None):
+        """ids: (B, T). positions: (T,) or (B, T), default 0..T-1. kv_caches (one KVCache per block)
+        and key_padding (B, Tk) serve incremental decoding; see CausalSelfAttention.forward."""
+        if positions is None:
+            positions = np.arange(ids.shape[1])
+        x = self.token_embedding.forward(ids) + self.position_embedding.forward(positions)
         x = self.dropout.forward(x)
-        for block in self.blocks:
-            x = block.forward(x)
+        for index, block in enumerate(self.blocks):
+            x = block.forward(x, kv_cache=None if kv_caches is None else kv_caches[index], key_padding=key_padding)
         return x if self.final_norm is None else self.final_norm.forward(x)
 
     def backward(self, dout):

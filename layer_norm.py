@@ -37,15 +37,15 @@ class LayerNorm(Module):
                                    - self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True))
 
 
-def residual_forward(x, sublayer, norm, norm_first):
-    """One residual sub-layer in either arrangement.
+def residual_forward(x, sublayer, norm, norm_first, **sublayer_options):
+    """One residual sub-layer in either arrangement (sublayer_options go to sublayer.forward).
 
     post-LN (the original Transformer): LayerNorm(x + sublayer(x))
     pre-LN  (GPT-2):                    x + sublayer(LayerNorm(x))
     """
     if norm_first:
-        return x + sublayer.forward(norm.forward(x))
-    return norm.forward(x + sublayer.forward(x))
+        return x + sublayer.forward(norm.forward(x), **sublayer_options)
+    return norm.forward(x + sublayer.forward(x, **sublayer_options))
 
 
 def residual_backward(dout, sublayer, norm, norm_first):

@@ -10,12 +10,12 @@ from module import Embedding, Module
 def sinusoidal_table(positions, d_model):
     """PE[pos, 2i] = sin(pos / 10000^(2i / d_model)),  PE[pos, 2i+1] = cos(pos / 10000^(2i / d_model)).
 
-    positions: (T,) integers -> (T, d_model) float64. Column j uses the frequency of its pair
+    positions: integers of any shape, (T,) or (B, T) -> (..., d_model) float64. Column j uses the frequency of its pair
     2 * (j // 2), so an odd d_model simply ends with a lone sine column.
     """
     columns = np.arange(d_model)
     pair_start = columns - columns % 2
-    angles = np.asarray(positions, dtype=np.float64)[:, None] / 10000.0 ** (pair_start / d_model)
+    angles = np.asarray(positions, dtype=np.float64)[..., None] / 10000.0 ** (pair_start / d_model)
     return np.where(columns % 2 == 0, np.sin(angles), np.cos(angles))
 
 
@@ -30,7 +30,7 @@ class SinusoidalPositionalEncoding(Module):
         self.table = sinusoidal_table(np.arange(max_seq_len), d_model).astype(dtype)
 
     def forward(self, positions):
-        """positions: (T,) -> (T, C)."""
+        """positions: (T,) or (B, T) -> (T, C) or (B, T, C)."""
         if positions.size and positions.max() >= len(self.table):
             return sinusoidal_table(positions, self.d_model).astype(self.dtype)
         return self.table[positions]

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+import generation
 from decoder import Decoder
 from module import Module
 
@@ -229,3 +230,20 @@ class TransformerLM(Module):
         dhidden = (dlogits @ self.output_weight).reshape(self.hidden.shape)
         self.decoder.backward(dhidden)
         return self.gradients()
+
+    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):
+        """Continue each prompt by max_new_tokens tokens (fewer when every row hits a stop token),
+        reusing keys and values through a KV cache.
+
+        ids: (B, T) or (T,) int array, or a list of prompts of different lengths (left-padded inside,
+             each row generated as if alone). Returns the prompt + new tokens in the same form.
+        temperature 0 is greedy; top_k keeps the k most likely tokens; top_p keeps the smallest set
+        whose probability reaches p. seed: a fresh Generator for this call (None -> self.rng).
+        """
+        return generation.generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, stop_tokens=stop_tokens, seed=seed)
+
+    def stream(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):
+        """Like generate, but an iterator that yields the new token of every row, (B,), as it comes."""
+        return generation.stream(self, ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, stop_tokens=stop_tokens, seed=seed)

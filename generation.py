@@ -1,0 +1,168 @@
+"""Text generation: incremental decoding with a KV cache, and temperature / top-k / top-p sampling.
+
+`TransformerLM.generate` and `TransformerLM.stream` are the entry points; this module holds the
+machinery so that transformer_lm.py stays about the model itself.
+"""
+import numpy as np
+
+from attention import KVCache
+
+
+def left_pad(prompts, pad_id=0):
+    """Prompts of different lengths -> ids (B, T) padded on the left, key_padding (B, T) True at pads,
+    and positions (B, T) that start at 0 on each row's first real token.
+
+    Left padding keeps every row's last real token in the last column, so one step of decoding
+    serves the whole batch; the mask and the positions make each row behave as if it were alone.
+    """
+    longest = max(len(prompt) for prompt in prompts)
+    ids = np.full((len(prompts), longest), pad_id, dtype=np.int64)
+    key_padding = np.ones((len(prompts), longest), dtype=bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt):] = prompt
+        key_padding[row, longest - len(prompt):] = False
+    positions = np.maximum(np.cumsum(~key_padding, axis=1) - 1, 0)
+    return ids, key_padding, positions
+
+
+class DecodingState:
+    """What incremental decoding carries from one step to the next, for a batch of B rows."""
+
+    def __init__(self, model, batch_size, capacity):
+        config = model.config
+        head_dim = config.d_model // config.n_heads
+        self.kv_caches = [KVCache(batch_size, config.n_heads, capacity, head_dim, config.numpy_dtype)
+                          for _ in range(config.n_layers)]
+        self.key_padding = np.zeros((batch_size, 0), dtype=bool)
+        self.next_positions = np.zeros((batch_size, 1), dtype=np.int64)
+
+
+def decode(model, state, ids, key_padding=None, positions=None):
+    """Feed ids (B, T) after what `state` has seen; returns the logits of the last position (B, V).
+
+    The first call (the prompt, "prefill") may carry padding and positions; later calls feed one
+    token per row at the next position.
+    """
+    B, T = ids.shape
+    if key_padding is None:
+        key_padding = np.zeros((B, T), dtype=bool)
+    if positions is None:
+        positions = state.next_positions + np.arange(T)
+    state.key_padding = np.concatenate([state.key_padding, key_padding], axis=1)
+    state.next_positions = positions[:, -1:] + 1
+    hidden = model.decoder.forward(ids, positions, state.kv_caches, state.key_padding)
+    return hidden[:, -1] @ model.output_weight.T
+
+
+def check_sampling_options(temperature, top_k, top_p):
+    if not (isinstance(temperature, (int, float)) and temperature >= 0.0):
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def next_token_probabilities(logits, temperature, top_k=None, top_p=None):
+    """logits (B, V) -> sampling distribution (B, V) after temperature, top-k and top-p (nucleus)."""
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = np.partition(logits, -top_k, axis=-1)[:, -top_k, None]
+        logits = np.where(logits < kth_largest, -np.inf, logits)
+    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p: a token stays when
+        # the mass of the tokens ranked before it is still below top_p.
+        order = np.argsort(-probabilities, axis=-1, kind="stable")
+        ranked = np.take_along_axis(probabilities, order, axis=-1)
+        keep_ranked = np.cumsum(ranked, axis=-1) - ranked < top_p
+        keep = np.zeros_like(keep_ranked)
+        np.put_along_axis(keep, order, keep_ranked, axis=-1)
+        probabilities = np.where(keep, probabilities, 0.0)
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    return probabilities
+
+
+def sample_next(logits, temperature, top_k, top_p, rng):
+    """One token id per row (B,): the argmax when temperature is 0, else a draw from the distribution."""
+    if temperature == 0.0:
+        return logits.argmax(axis=-1)
+    probabilities = next_token_probabilities(logits, temperature, top_k, top_p)
+    cumulative = np.cumsum(probabilities, axis=-1)
+    draws = rng.random((len(logits), 1)) * cumulative[:, -1:]
+    # The first index whose cumulative mass exceeds the draw; zero-probability tokens never qualify.
+    return np.minimum((cumulative <= draws).sum(axis=-1), logits.shape[-1] - 1)
+
+
+def as_prompt_list(model, ids):
+    """Accept (B, T) or (T,) arrays, or a list of token-id sequences of any lengths.
+    Returns (list of validated 1-D prompts, the input's form: "2d", "1d" or "list")."""
+    if isinstance(ids, (list, tuple)) and ids and all(np.ndim(prompt) == 1 for prompt in ids):
+        form = "list"
+        prompts = [np.asarray(prompt) for prompt in ids]
+    else:
+        array = np.asarray(ids)
+        form = "1d" if array.ndim == 1 else "2d"
+        prompts = list(array[None] if array.ndim == 1 else array)
+    if not prompts or any(len(prompt) == 0 for prompt in prompts):
+        raise ValueError("the prompt is empty: give at least one token id per sequence")
+    for row, prompt in enumerate(prompts):
+        model.check_ids(prompt[None], name=f"prompt {row} ")
+    return prompts, form
+
+
+def stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):
+    """An iterator over the next token of every row, (B,) int64, yielded as each is produced. A row that
+    has produced one of `stop_tokens` repeats it until all rows have stopped or max_new_tokens is reached.
+    Arguments are checked here, before the first token is asked for."""
+    prompts, _ = as_prompt_list(model, ids)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    check_sampling_options(temperature, top_k, top_p)
+    longest = max(len(prompt) for prompt in prompts)
+    if model.config.positional == "learned" and longest + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds max_seq_len "
+                         f"{model.config.max_seq_len} (learned positions have no embedding beyond it)")
+    stop_tokens = np.asarray([] if stop_tokens is None else list(stop_tokens), dtype=np.int64)
+    rng = model.rng if seed is None else np.random.default_rng(seed)
+    return stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng)
+
+
+def stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng):
+    longest = max(len(prompt) for prompt in prompts)
+    padded, key_padding, positions = left_pad(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        state = DecodingState(model, len(prompts), longest + max_new_tokens)
+        logits = decode(model, state, padded, key_padding, positions)
+        finished = np.zeros(len(prompts), dtype=bool)
+        last = np.zeros(len(prompts), dtype=np.int64)
+        for step in range(max_new_tokens):
+            token = np.where(finished, last, sample_next(logits, temperature, top_k, top_p, rng))
+            yield token
+            finished |= np.isin(token, stop_tokens)
+            last = token
+            if finished.all() or step == max_new_tokens - 1:
+                break
+            logits = decode(model, state, token[:, None])
+    finally:
+        model.train(was_training)
+
+
+def generate(model, ids, max_new_tokens, **options):
+    """The prompt followed by the generated tokens, in the input's form: (B, T) array -> (B, T + n)
+    array, (T,) -> (T + n,), a list of sequences -> a list of lists, each cut after its stop token."""
+    prompts, form = as_prompt_list(model, ids)
+    steps = list(stream(model, ids, max_new_tokens, **options))
+    new_tokens = np.stack(steps, axis=1) if steps else np.zeros((len(prompts), 0), dtype=np.int64)
+    if form == "list":
+        stop_tokens = set(options.get("stop_tokens") or ())
+        results = []
+        for prompt, row in zip(prompts, new_tokens):
+            stops = [index for index, token in enumerate(row) if token in stop_tokens]
+            results.append(prompt.tolist() + row[: stops[0] + 1 if stops else len(row)].tolist())
+        return results
+    full = np.concatenate([np.stack(prompts), new_tokens], axis=1)
+    return full[0] if form == "1d" else full

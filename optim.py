@@ -1,0 +1,222 @@
+"""Optimisation: AdamW, global-norm gradient clipping and the learning-rate schedule.
+
+Everything works on plain dicts of NumPy arrays: ``params`` maps a parameter name to the model's live array,
+``grads`` maps the same names to gradients of the same shapes. The optimizer updates ``params`` in place, so
+the model sees the new values without any copying back.
+"""
+import math
+
+import numpy as np
+
+
+def _check_grads_match(params, grads):
+    """Raise ValueError unless ``grads`` has exactly the names and shapes of ``params``."""
+    missing = sorted(set(params) - set(grads))
+    unexpected = sorted(set(grads) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"gradients do not match the parameters: missing {missing}, unexpected {unexpected}")
+    for name, param in params.items():
+        if grads[name].shape != param.shape:
+            raise ValueError(f"gradient for '{name}' has shape {grads[name].shape}, expected {param.shape}")
+
+
+def _check_learning_rate(lr):
+    if not lr >= 0.0:
+        raise ValueError(f"learning rate must be >= 0, got {lr}")
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), matching ``torch.optim.AdamW``.
+
+    For each parameter p with gradient g, at step t (counting from 1):
+        p <- p - lr * weight_decay * p                     (decoupled decay, 2-D weights only)
+        m <- beta1 * m + (1 - beta1) * g
+        v <- beta2 * v + (1 - beta2) * g^2
+        p <- p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+
+    Weight decay is applied to every parameter with ``ndim >= 2``: the weight matrices, embeddings included
+    (as nanoGPT does). Tensors with ``ndim < 2`` (biases, LayerNorm gains and biases) are never decayed:
+    shrinking a LayerNorm gain or a bias towards zero does not regularise the function, it only distorts it.
+
+    The moments m and v are kept in each parameter's own dtype, so a float32 model stays float32.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        _check_learning_rate(lr)
+        beta1, beta2 = betas
+        for index, beta in enumerate((beta1, beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{index}] must be in [0, 1), got {beta}")
+        if not eps > 0.0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        for name, param in params.items():
+            if not (isinstance(param, np.ndarray) and np.issubdtype(param.dtype, np.floating)):
+                raise ValueError(f"parameter '{name}' must be a floating-point numpy array")
+
+        self.params = params
+        # Python floats, never NumPy float64 scalars, so float32 arithmetic stays float32.
+        self.lr = float(lr)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.step_count = 0
+        self.exp_avg = {name: np.zeros_like(param) for name, param in params.items()}
+        self.exp_avg_sq = {name: np.zeros_like(param) for name, param in params.items()}
+
+    def decays(self, name):
+        """Whether weight decay applies to parameter ``name`` (only tensors with ndim >= 2)."""
+        return self.params[name].ndim >= 2
+
+    def step(self, grads, lr=None):
+        """Apply one AdamW update to every parameter, in place.
+
+        grads: dict name -> gradient with the parameter's shape.
+        lr: learning rate for this step only (e.g. from ``lr_schedule``); ``None`` uses ``self.lr``.
+        """
+        _check_grads_match(self.params, grads)
+        if lr is None:
+            lr = self.lr
+        _check_learning_rate(lr)
+        lr = float(lr)
+
+        self.step_count += 1
+        bias_correction1 = 1.0 - self.beta1**self.step_count
+        bias_correction2 = 1.0 - self.beta2**self.step_count
+        step_size = lr / bias_correction1
+        sqrt_bias_correction2 = math.sqrt(bias_correction2)
+
+        for name, param in self.params.items():
+            grad = grads[name]
+            exp_avg = self.exp_avg[name]
+            exp_avg_sq = self.exp_avg_sq[name]
+            if self.decays(name):
+                param *= 1.0 - lr * self.weight_decay
+            exp_avg *= self.beta1
+            exp_avg += (1.0 - self.beta1) * grad
+            exp_avg_sq *= self.beta2
+            exp_avg_sq += (1.0 - self.beta2) * grad * grad
+            denominator = np.sqrt(exp_avg_sq) / sqrt_bias_correction2 + self.eps
+            param -= step_size * exp_avg / denominator
+
+    def state_dict(self):
+        """The optimizer's state as a flat dict of arrays and numbers, storable with ``np.savez``.
+
+        Keys: ``step`` (int), ``exp_avg.<name>`` and ``exp_avg_sq.<name>`` (copies of the moments).
+        Hyperparameters are not included: they come from the constructor.
+        """
+        state = {"step": self.step_count}
+        for name in self.params:
+            state[f"exp_avg.{name}"] = self.exp_avg[name].copy()
+            state[f"exp_avg_sq.{name}"] = self.exp_avg_sq[name].copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a state produced by ``state_dict`` (or read back from an .npz file).
+
+        Every key must be present with the parameter's shape and no extra keys are allowed; a mismatch raises
+        ValueError naming the offending entry. Values are copied into the parameter's dtype.
+        """
+        expected_keys = {"step"}
+        for name in self.params:
+            expected_keys.update((f"exp_avg.{name}", f"exp_avg_sq.{name}"))
+        missing = sorted(expected_keys - set(state))
+        unexpected = sorted(set(state) - expected_keys)
+        if missing:
+            raise ValueError(f"optimizer state is missing {missing}")
+        if unexpected:
+            raise ValueError(f"optimizer state has unexpected entries {unexpected}")
+
+        # An .npz file gives the step back as a 0-d array, a fresh state_dict as an int.
+        step = np.asarray(state["step"])
+        if step.ndim != 0 or not np.issubdtype(step.dtype, np.integer) or step < 0:
+            raise ValueError(f"optimizer state 'step' must be a non-negative integer, got {state['step']!r}")
+        for name, param in self.params.items():
+            for key in (f"exp_avg.{name}", f"exp_avg_sq.{name}"):
+                value = np.asarray(state[key])
+                if value.shape != param.shape:
+                    raise ValueError(
+                        f"optimizer state '{key}' has shape {value.shape}, expected {param.shape}"
+                    )
+
+        # Copy only after everything validated, so a bad state leaves the optimizer untouched.
+        self.step_count = int(step)
+        for name in self.params:
+            np.copyto(self.exp_avg[name], state[f"exp_avg.{name}"])
+            np.copyto(self.exp_avg_sq[name], state[f"exp_avg_sq.{name}"])
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
+
+    The global norm is sqrt(sum over all tensors of sum(g^2)), as if every gradient were one long vector.
+    When it exceeds ``max_norm`` each gradient is multiplied by max_norm / (norm + 1e-6), exactly like
+    ``torch.nn.utils.clip_grad_norm_`` (the 1e-6 guards against dividing by a zero norm).
+
+    Returns the norm before clipping, as a Python float. If that norm is inf or nan the gradients are left
+    unchanged, so the caller can notice and skip the step.
+    """
+    if not max_norm > 0.0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    # Per-tensor norms first, then the norm of those norms: the same order torch uses.
+    total_norm = math.sqrt(sum(float(np.linalg.norm(grad.ravel())) ** 2 for grad in grads.values()))
+    if not math.isfinite(total_norm):
+        return total_norm
+    clip_coefficient = float(max_norm) / (total_norm + 1e-6)
+    if clip_coefficient < 1.0:
+        for grad in grads.values():
+            grad *= clip_coefficient
+    return total_norm
+
+
+def accumulate_grads(total, grads, scale=1.0):
+    """Add ``scale * grads`` into ``total`` and return it, for gradient accumulation over micro-batches.
+
+    total: dict name -> array, or None to start a new sum (the gradients are copied, never aliased, since a
+    model may reuse its gradient buffers on the next backward). With ``scale = 1 / n_micro_batches`` the sum
+    is the gradient of the mean loss over the full batch.
+    """
+    scale = float(scale)
+    if total is None:
+        return {name: grad * scale for name, grad in grads.items()}
+    _check_grads_match(total, grads)
+    for name, grad in grads.items():
+        total[name] += grad * scale
+    return total
+
+
+def lr_schedule(iteration, *, lr, min_lr, warmup_iters, decay_iters, kind="cosine"):
+    """Learning rate for ``iteration`` (0-based), following nanoGPT's ``get_lr``.
+
+    kind="cosine":
+        it < warmup_iters:                  lr * (it + 1) / (warmup_iters + 1)     (linear warm-up)
+        warmup_iters <= it <= decay_iters:  min_lr + 0.5 * (1 + cos(pi * r)) * (lr - min_lr),
+                                            r = (it - warmup_iters) / (decay_iters - warmup_iters)
+        it > decay_iters:                   min_lr
+    kind="constant": always lr.
+    """
+    if kind not in ("cosine", "constant"):
+        raise ValueError(f"kind must be 'cosine' or 'constant', got {kind!r}")
+    if not (isinstance(iteration, (int, np.integer)) and iteration >= 0):
+        raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
+    _check_learning_rate(lr)
+    if kind == "constant":
+        return float(lr)
+
+    if not 0.0 <= min_lr <= lr:
+        raise ValueError(f"min_lr must be in [0, lr={lr}], got {min_lr}")
+    if not (isinstance(warmup_iters, (int, np.integer)) and warmup_iters >= 0):
+        raise ValueError(f"warmup_iters must be a non-negative integer, got {warmup_iters!r}")
+    if not (isinstance(decay_iters, (int, np.integer)) and decay_iters > warmup_iters):
+        raise ValueError(f"decay_iters must be an integer > warmup_iters={warmup_iters}, got {decay_iters!r}")
+
+    iteration, warmup_iters, decay_iters = int(iteration), int(warmup_iters), int(decay_iters)
+    if iteration < warmup_iters:
+        return float(lr) * (iteration + 1) / (warmup_iters + 1)
+    if iteration > decay_iters:
+        return float(min_lr)
+    decay_ratio = (iteration - warmup_iters) / (decay_iters - warmup_iters)
+    cosine_coefficient = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # goes from 1 down to 0
+    return float(min_lr) + cosine_coefficient * (float(lr) - float(min_lr))
