@@ -247,3 +247,14 @@ class TransformerLM(Module):
         """Like generate, but an iterator that yields the new token of every row, (B,), as it comes."""
         return generation.stream(self, ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, stop_tokens=stop_tokens, seed=seed)
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Load a Hugging Face GPT-2 directory (config.json + model.safetensors); see hf_gpt2.py."""
+        import hf_gpt2
+        return hf_gpt2.load_pretrained(cls, path)
+
+    def save_pretrained(self, path):
+        """Write this model in the Hugging Face GPT-2 layout; see hf_gpt2.py."""
+        import hf_gpt2
+        hf_gpt2.save_pretrained(self, path)
