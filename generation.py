@@ -121,8 +121,10 @@ def stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     check_sampling_options(temperature, top_k, top_p)
     longest = max(len(prompt) for prompt in prompts)
-    if model.config.positional == "learned" and longest + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds max_seq_len "
+    # The last new token is returned, never fed back, so the model sees longest + max_new_tokens - 1 positions.
+    if model.config.positional == "learned" and longest + max_new_tokens - 1 > model.config.max_seq_len:
+        raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} needs "
+                         f"{longest + max_new_tokens - 1} positions, more than max_seq_len "
                          f"{model.config.max_seq_len} (learned positions have no embedding beyond it)")
     stop_tokens = np.asarray([] if stop_tokens is None else list(stop_tokens), dtype=np.int64)
     rng = model.rng if seed is None else np.random.default_rng(seed)

@@ -138,8 +138,10 @@ def test_stop_tokens_end_generation():
 
 def test_sinusoidal_generation_goes_past_max_seq_len_and_learned_refuses():
     assert len(make_model(positional="sinusoidal").generate([1] * 20, 10, seed=0)) == 30
-    with pytest.raises(ValueError, match="exceeds max_seq_len 24"):
-        make_model(positional="learned").generate([1] * 20, 10, seed=0)
+    learned = make_model(positional="learned")
+    assert len(learned.generate([1] * 20, 5, seed=0)) == 25  # feeds 24 positions: exactly max_seq_len
+    with pytest.raises(ValueError, match="needs 25 positions, more than max_seq_len 24"):
+        learned.generate([1] * 20, 6, seed=0)
 
 
 @pytest.mark.parametrize("options,message", [

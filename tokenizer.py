@@ -1,0 +1,613 @@
+"""Tokenizers: one id per character, and GPT-2's byte-level byte-pair encoding (BPE).
+
+A language model reads integer ids, not text. Two tokenizers make that translation:
+
+* ``CharTokenizer`` gives each distinct character of a training text its own id (nanoGPT's
+  shakespeare_char setup). Tiny vocabulary, long sequences, no learning needed.
+* ``ByteBPETokenizer`` is GPT-2's tokenizer. Text is first cut into words by a regular expression
+  (pre-tokenization: letters, digits, punctuation and whitespace runs become separate words), each
+  word becomes its UTF-8 bytes (256 base tokens, so any text can be encoded), and then learned merges
+  join adjacent tokens into longer ones, the earliest-learned merge first. It can learn merges from a
+  text (``ByteBPETokenizer.train``) or load GPT-2's own files (``ByteBPETokenizer.from_files``); with
+  GPT-2's files it produces the same ids as GPT-2 (checked against tiktoken in the tests).
+
+GPT-2's pattern without the third-party ``regex`` package
+----------------------------------------------------------
+GPT-2 splits text with::
+
+    's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+
+Python's standard ``re`` module has no ``\\p{L}`` (any letter) or ``\\p{N}`` (any number), so on
+first use we build them: scan every code point once, keep those whose ``unicodedata.category``
+starts with "L" or "N", and write each run of consecutive code points as one range (a-z, not 26
+characters), which keeps each class to a few hundred ranges. ``\\s`` is spelled out as well: in
+``re`` it means ``str.isspace()``, which also accepts the separators U+001C..U+001F, whereas the
+regex engine behind tiktoken (Rust's) means Unicode's White_Space property, listed in
+``_WHITE_SPACE``. The letter and number classes follow the Unicode version of this Python's
+``unicodedata`` (``unicodedata.unidata_version``); characters assigned only in a later Unicode
+version count as neither letters nor numbers here, so for those alone the split can differ from
+tiktoken's.
+"""
+import functools
+import heapq
+import json
+import re
+import sys
+import unicodedata
+from collections import Counter, defaultdict
+from pathlib import Path
+
+
+class CharTokenizer:
+    """Character-level tokenizer: token id i is the i-th character of ``chars``.
+
+    Build one with ``CharTokenizer.from_text(text)`` (sorted distinct characters of the text, as
+    nanoGPT's shakespeare_char does). Characters outside the vocabulary are an error at encode time
+    unless ``unknown_token`` (itself a character of the vocabulary) is set; they then map to its id.
+    ``to_dict``/``from_dict`` give a plain JSON-serializable form for checkpoints.
+    """
+
+    def __init__(self, chars, unknown_token=None):
+        """chars: the distinct characters, in id order; unknown_token: None or one of them."""
+        chars = list(chars)
+        for char in chars:
+            _check_single_character(char, "every vocabulary entry")
+        if len(set(chars)) != len(chars):
+            repeated = sorted(char for char, count in Counter(chars).items() if count > 1)
+            raise ValueError(f"vocabulary characters must be distinct; repeated: {repeated!r}")
+        if not chars:
+            raise ValueError("the vocabulary is empty: at least one character is needed")
+        if unknown_token is not None:
+            _check_single_character(unknown_token, "unknown_token")
+            if unknown_token not in chars:
+                raise ValueError(f"unknown_token {unknown_token!r} is not in the vocabulary")
+        self.chars = chars
+        self.unknown_token = unknown_token
+        self._char_to_id = {char: token_id for token_id, char in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text, unknown_token=None):
+        """Vocabulary = sorted distinct characters of ``text`` (plus ``unknown_token``, if given)."""
+        alphabet = set(text)
+        if unknown_token is not None:
+            _check_single_character(unknown_token, "unknown_token")
+            alphabet.add(unknown_token)
+        return cls(sorted(alphabet), unknown_token)
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def encode(self, text):
+        """str -> list of ids, one per character."""
+        char_to_id = self._char_to_id
+        if self.unknown_token is not None:
+            unknown_id = char_to_id[self.unknown_token]
+            return [char_to_id.get(char, unknown_id) for char in text]
+        try:
+            return [char_to_id[char] for char in text]
+        except KeyError:
+            # Only on failure do we pay for a second pass, to say where the bad character is.
+            position, char = next((i, c) for i, c in enumerate(text) if c not in char_to_id)
+            raise ValueError(
+                f"character {char!r} at position {position} is not in the vocabulary "
+                f"(build the tokenizer with unknown_token=... to map such characters to one id)"
+            ) from None
+
+    def decode(self, ids):
+        """Sequence of ids (ints or NumPy integers) -> str."""
+        chars = self.chars
+        pieces = []
+        for token_id in ids:
+            # The explicit check matters: a negative id would otherwise index from the end.
+            if not 0 <= token_id < len(chars):
+                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(chars)})")
+            pieces.append(chars[token_id])
+        return "".join(pieces)
+
+    def to_dict(self):
+        """Plain JSON-serializable description; ``from_dict`` rebuilds an identical tokenizer."""
+        return {"type": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict) or data.get("type") != "char":
+            raise ValueError("expected a dict with 'type': 'char', as written by CharTokenizer.to_dict")
+        if not isinstance(data.get("chars"), list):
+            raise ValueError("the 'chars' entry must be a list of single characters")
+        return cls(data["chars"], data.get("unknown_token"))
+
+    def save(self, path):
+        """Write the tokenizer to a JSON file."""
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path):
+        """Read a tokenizer written by ``save``."""
+        return cls.from_dict(_read_json(Path(path)))
+
+
+def _check_single_character(value, what):
+    if not isinstance(value, str) or len(value) != 1:
+        raise ValueError(f"{what} must be a single character, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# GPT-2 pre-tokenization
+
+# Unicode's White_Space property (PropList.txt), which is what \s means to the Rust regex engine
+# behind tiktoken. Written as the body of a character class.
+_WHITE_SPACE = r"\t\n\x0b\x0c\r\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _class_member(code_point):
+    """Escape sequence for one code point inside an ``re`` character class."""
+    if code_point < 0x100:
+        return f"\\x{code_point:02x}"
+    if code_point < 0x10000:
+        return f"\\u{code_point:04x}"
+    return f"\\U{code_point:08x}"
+
+
+def _class_body(ranges):
+    """[(first, last), ...] code point ranges -> the inside of a character class, e.g. 'a-zA-Z'."""
+    parts = []
+    for first, last in ranges:
+        parts.append(_class_member(first) if first == last else f"{_class_member(first)}-{_class_member(last)}")
+    return "".join(parts)
+
+
+@functools.cache
+def gpt2_split_regex(max_code_point=sys.maxunicode):
+    """GPT-2's pre-tokenization pattern compiled for ``re`` (built once per argument, then cached).
+
+    The classes cover code points up to ``max_code_point``. ``re`` tests a class's code points
+    beyond U+FFFF range by range, hundreds of them, so ``_split_words`` uses a pattern limited to
+    U+FFFF, about four times faster, for text without such characters; the splits are the same.
+    """
+    # One pass over the code points, cutting them into runs of equal major category (L, N, ...).
+    runs = {"L": [], "N": []}
+    run_category, run_start = None, 0
+    for code_point in range(max_code_point + 1):
+        category = unicodedata.category(chr(code_point))[0]
+        if category != run_category:
+            if run_category in runs:
+                runs[run_category].append((run_start, code_point - 1))
+            run_category, run_start = category, code_point
+    if run_category in runs:
+        runs[run_category].append((run_start, max_code_point))
+    letters, numbers, space = _class_body(runs["L"]), _class_body(runs["N"]), _WHITE_SPACE
+    return re.compile(
+        r"'s|'t|'re|'ve|'m|'ll|'d"
+        f"| ?[{letters}]+| ?[{numbers}]+| ?[^{space}{letters}{numbers}]+"
+        f"|[{space}]+(?![^{space}])|[{space}]+"
+    )
+
+
+_BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _split_words(text):
+    """Pre-tokenize ``text`` into GPT-2's words."""
+    if _BEYOND_BMP.search(text) is None:
+        return gpt2_split_regex(0xFFFF).findall(text)
+    return gpt2_split_regex().findall(text)
+
+
+@functools.cache
+def gpt2_byte_to_char():
+    """GPT-2's table from the 256 byte values to 256 printable characters (list indexed by byte).
+
+    Vocabulary and merges files store tokens as text. Bytes that are already printable, non-space
+    Latin-1 characters stand for themselves; the other 68 (controls, space, DEL, NBSP, soft hyphen)
+    are given the characters from U+0100 upward, in byte order. So b" " is "Ġ" and b"\\n" is "Ċ".
+    """
+    def printable(byte):
+        return ord("!") <= byte <= ord("~") or ord("¡") <= byte <= ord("¬") or ord("®") <= byte <= ord("ÿ")
+
+    table, next_stand_in = [], 0x100
+    for byte in range(256):
+        if printable(byte):
+            table.append(chr(byte))
+        else:
+            table.append(chr(next_stand_in))
+            next_stand_in += 1
+    return table
+
+
+@functools.cache
+def _char_to_byte():
+    return {char: byte for byte, char in enumerate(gpt2_byte_to_char())}
+
+
+def _token_to_text(token):
+    """Token bytes -> their printable form in vocab.json / merges.txt."""
+    byte_to_char = gpt2_byte_to_char()
+    return "".join(byte_to_char[byte] for byte in token)
+
+
+def _text_to_token(text):
+    """Printable form -> token bytes, or None when ``text`` has a character outside the table."""
+    char_to_byte = _char_to_byte()
+    if not all(char in char_to_byte for char in text):
+        return None
+    return bytes(char_to_byte[char] for char in text)
+
+
+def _without_lone_surrogates(text):
+    """Make ``text`` encodable as UTF-8 the way tiktoken does.
+
+    A Python str may hold surrogate code points (e.g. from broken JSON): a valid high+low pair
+    becomes the character it stands for, and a lone one becomes U+FFFD.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _merge_pair(ids, pair, new_id):
+    """Replace every occurrence of ``pair`` in ``ids``, scanning left to right, by ``new_id``."""
+    first, second = pair
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == first and ids[i + 1] == second:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# Byte-level BPE
+
+_WORD_CACHE_LIMIT = 200_000  # words remembered by encode before the cache is emptied
+
+
+class ByteBPETokenizer:
+    """GPT-2 style byte-level BPE tokenizer.
+
+    Three ways to get one:
+      * ``ByteBPETokenizer.train(text, vocab_size)`` learns merges from a text (classmethod);
+      * ``ByteBPETokenizer.from_files(vocab_path, merges_path)`` loads GPT-2's files
+        (vocab.json + merges.txt, or the original encoder.json + vocab.bpe);
+      * ``ByteBPETokenizer.load(directory)`` reads what ``save(directory)`` wrote (same formats).
+
+    The constructor takes the tables directly:
+      vocab: {token bytes: id} for the regular tokens, which must include all 256 single bytes;
+      merges: [(left bytes, right bytes), ...], earliest (highest priority) first; each side and
+        the joined result must be regular tokens;
+      special_tokens: {text: id}, e.g. {"<|endoftext|>": 50256}; never produced by merges.
+    Regular and special ids together must be exactly 0 .. vocab_size - 1.
+    """
+
+    def __init__(self, vocab, merges, special_tokens):
+        vocab, merges, special_tokens = dict(vocab), list(merges), dict(special_tokens)
+        missing_bytes = [byte for byte in range(256) if bytes([byte]) not in vocab]
+        if missing_bytes:
+            raise ValueError(f"the vocabulary lacks {len(missing_bytes)} single-byte tokens, e.g. {missing_bytes[0]}")
+        merge_ranks = {}  # (left id, right id) -> (rank, id of the joined token)
+        for rank, (left, right) in enumerate(merges):
+            for part in (left, right, left + right):
+                if part not in vocab:
+                    raise ValueError(f"merge {rank} ({left!r}, {right!r}) needs {part!r}, not in the vocabulary")
+            pair = (vocab[left], vocab[right])
+            if pair in merge_ranks:
+                raise ValueError(f"merge {rank} ({left!r}, {right!r}) repeats merge {merge_ranks[pair][0]}")
+            merge_ranks[pair] = (rank, vocab[left + right])
+        for text in special_tokens:
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"special tokens must be non-empty strings, got {text!r}")
+            if _text_to_token(text) in vocab:
+                # vocab.json keys both kinds of token by text, so the two could not be told apart.
+                raise ValueError(f"special token {text!r} is also the printable form of a regular token")
+        ids = sorted(list(vocab.values()) + list(special_tokens.values()))
+        if ids != list(range(len(ids))):
+            raise ValueError("token ids must be 0 .. vocab_size - 1, each used exactly once")
+
+        self._vocab = vocab
+        self._merges = merges
+        self._special_tokens = special_tokens
+        self._merge_ranks = merge_ranks
+        self._byte_ids = [vocab[bytes([byte])] for byte in range(256)]
+        self._id_to_bytes = [b""] * len(ids)
+        for token, token_id in vocab.items():
+            self._id_to_bytes[token_id] = token
+        for text, token_id in special_tokens.items():
+            self._id_to_bytes[token_id] = text.encode("utf-8")
+        self._word_cache = {}  # pre-tokenized word -> its ids; text repeats words a lot
+
+    # ------------------------------------------------------------------ training
+
+    @classmethod
+    def train(cls, text, vocab_size, special_tokens=("<|endoftext|>",)):
+        """Learn merges from ``text`` until there are ``vocab_size`` tokens; returns a tokenizer.
+
+        Ids 0..255 are the single bytes, new tokens follow in the order they were learned, and the
+        special tokens take the last ids. Occurrences of the special tokens in ``text`` are cut out
+        before training. Each step merges the most frequent adjacent pair within pre-tokenized
+        words (pairs never span two words); ties go to the pair with the lowest ids.
+
+        Instead of recounting all pairs after every merge, we keep an index from each pair to the
+        words containing it, so a merge only revisits the words it changes, and a heap of counts
+        to find the most frequent pair.
+        """
+        special_tokens = list(special_tokens)
+        if len(set(special_tokens)) != len(special_tokens):
+            raise ValueError(f"special tokens must be distinct, got {special_tokens!r}")
+        n_regular = vocab_size - len(special_tokens)
+        if n_regular < 256:
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small: 256 byte tokens + {len(special_tokens)} special tokens "
+                f"need at least {256 + len(special_tokens)}"
+            )
+        # A learned token whose printable form equals a special token could not be saved in vocab.json.
+        forbidden_tokens = {_text_to_token(special) for special in special_tokens} - {None}
+        if any(len(token) == 1 for token in forbidden_tokens):
+            raise ValueError("a special token may not be the printable form of a single byte")
+
+        text = _without_lone_surrogates(text)
+        chunks = _split_on_specials(text, special_tokens) if special_tokens else [text]
+        word_counts = Counter(word for chunk in chunks for word in _split_words(chunk))
+        words = [list(word.encode("utf-8")) for word in word_counts]  # byte ids 0..255
+        word_freqs = list(word_counts.values())
+
+        pair_counts = defaultdict(int)  # pair -> occurrences in the text
+        pair_words = defaultdict(set)  # pair -> indices of the words containing it
+        for index, word in enumerate(words):
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += word_freqs[index]
+                pair_words[pair].add(index)
+        # Max-heap of (-count, pair). Entries go stale as counts change; a stale entry is fixed
+        # when it reaches the top. Every pair always has an entry with at least its current count.
+        heap = [(-count, pair) for pair, count in pair_counts.items()]
+        heapq.heapify(heap)
+
+        vocab = {bytes([byte]): byte for byte in range(256)}
+        id_to_bytes = [bytes([byte]) for byte in range(256)]
+        merges = []
+        while len(id_to_bytes) < n_regular:
+            pair = _pop_most_frequent(heap, pair_counts)
+            if pair is None:
+                raise ValueError(
+                    f"the text is too small for vocab_size {vocab_size}: it ran out of pairs to merge "
+                    f"at {len(id_to_bytes) + len(special_tokens)} tokens"
+                )
+            token = id_to_bytes[pair[0]] + id_to_bytes[pair[1]]
+            if token in forbidden_tokens:
+                continue
+            if token not in vocab:  # rarely, two different pairs spell the same bytes
+                vocab[token] = len(id_to_bytes)
+                id_to_bytes.append(token)
+            merges.append((id_to_bytes[pair[0]], id_to_bytes[pair[1]]))
+            _apply_merge(pair, vocab[token], words, word_freqs, pair_counts, pair_words, heap)
+
+        specials = {special: n_regular + i for i, special in enumerate(special_tokens)}
+        return cls(vocab, merges, specials)
+
+    # ------------------------------------------------------------------ encoding
+
+    @property
+    def vocab_size(self):
+        return len(self._id_to_bytes)
+
+    @property
+    def merges(self):
+        """[(left bytes, right bytes), ...] in priority order (a copy)."""
+        return list(self._merges)
+
+    @property
+    def special_tokens(self):
+        """{special token text: id} (a copy)."""
+        return dict(self._special_tokens)
+
+    @property
+    def eot_token(self):
+        """Id of "<|endoftext|>" (50256 for GPT-2), or None if this tokenizer has no such token."""
+        return self._special_tokens.get("<|endoftext|>")
+
+    def encode(self, text, allowed_special="none"):
+        """str -> list of ids.
+
+        allowed_special: "none" (the default: special-token text is encoded as ordinary text, so
+        user text cannot smuggle in control tokens), "all", or a set of special token strings that
+        become their single ids wherever they appear.
+        """
+        text = _without_lone_surrogates(text)
+        specials = self._allowed_specials(allowed_special)
+        ids = []
+        if not specials:
+            self._encode_ordinary(text, ids)
+            return ids
+        start = 0
+        for match in _special_regex(frozenset(specials)).finditer(text):
+            self._encode_ordinary(text[start : match.start()], ids)
+            ids.append(self._special_tokens[match.group()])
+            start = match.end()
+        self._encode_ordinary(text[start:], ids)
+        return ids
+
+    def decode_bytes(self, ids):
+        """Ids -> the raw bytes they stand for (a token may hold part of a UTF-8 character)."""
+        id_to_bytes = self._id_to_bytes
+        pieces = []
+        for token_id in ids:
+            # The explicit check matters: a negative id would otherwise index from the end.
+            if not 0 <= token_id < len(id_to_bytes):
+                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(id_to_bytes)})")
+            pieces.append(id_to_bytes[token_id])
+        return b"".join(pieces)
+
+    def decode(self, ids):
+        """Ids -> str. Byte sequences that are not valid UTF-8 become U+FFFD, as in GPT-2."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def _allowed_specials(self, allowed_special):
+        if isinstance(allowed_special, str):
+            if allowed_special == "all":
+                return set(self._special_tokens)
+            if allowed_special == "none":
+                return set()
+            raise ValueError(f"allowed_special must be 'all', 'none' or a set of strings, got {allowed_special!r}")
+        allowed = set(allowed_special)
+        unknown = allowed - set(self._special_tokens)
+        if unknown:
+            raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)!r}")
+        return allowed
+
+    def _encode_ordinary(self, text, ids):
+        """Append the ids of ``text`` (no special tokens) to ``ids``."""
+        cache = self._word_cache
+        for word in _split_words(text):
+            word_ids = cache.get(word)
+            if word_ids is None:
+                word_ids = self._merge_word(word.encode("utf-8"))
+                if len(cache) >= _WORD_CACHE_LIMIT:
+                    cache.clear()
+                cache[word] = word_ids
+            ids.extend(word_ids)
+
+    def _merge_word(self, word_bytes):
+        """One word's bytes -> ids: apply the earliest-learned applicable merge until none applies."""
+        ids = [self._byte_ids[byte] for byte in word_bytes]
+        merge_ranks = self._merge_ranks
+        while len(ids) > 1:
+            candidates = [(merge_ranks[pair], pair) for pair in zip(ids, ids[1:]) if pair in merge_ranks]
+            if not candidates:
+                break
+            (_, new_id), pair = min(candidates)
+            ids = _merge_pair(ids, pair, new_id)
+        return ids
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def from_files(cls, vocab_path, merges_path):
+        """Load GPT-2's files: vocab.json + merges.txt (Hugging Face names) or encoder.json +
+        vocab.bpe (OpenAI's names for the same content).
+
+        vocab.json maps each token's printable form (see ``gpt2_byte_to_char``) to its id.
+        merges.txt has a "#version" first line, then one merge per line: the two parts' printable
+        forms separated by a space. Entries of vocab.json that are neither a single byte nor the
+        result of a merge (GPT-2: only "<|endoftext|>") are special tokens.
+        """
+        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+        vocab_json = _read_json(vocab_path)
+        if not isinstance(vocab_json, dict):
+            raise ValueError(f"{vocab_path}: expected a JSON object mapping token text to id")
+        for text, token_id in vocab_json.items():
+            if not isinstance(token_id, int) or isinstance(token_id, bool):
+                raise ValueError(f"{vocab_path}: the id of {text!r} is {token_id!r}, not an integer")
+
+        merges = []
+        for line_number, line in enumerate(_read_text(merges_path).splitlines(), start=1):
+            if not line.strip() or (line_number == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            tokens = [_text_to_token(part) for part in parts]
+            if len(parts) != 2 or not all(tokens):
+                raise ValueError(
+                    f"{merges_path}, line {line_number}: expected two tokens in GPT-2's byte alphabet "
+                    f"separated by one space, got {line!r}"
+                )
+            merges.append(tuple(tokens))
+
+        regular = {bytes([byte]) for byte in range(256)} | {left + right for left, right in merges}
+        vocab, special_tokens = {}, {}
+        for text, token_id in vocab_json.items():
+            token = _text_to_token(text)
+            if token in regular:
+                vocab[token] = token_id
+            else:
+                special_tokens[text] = token_id
+        try:
+            return cls(vocab, merges, special_tokens)
+        except ValueError as error:
+            raise ValueError(f"{vocab_path} and {merges_path} do not form a valid tokenizer: {error}") from None
+
+    def save(self, directory):
+        """Write vocab.json and merges.txt (GPT-2's formats) into ``directory``, creating it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab_json = {_token_to_text(token): token_id for token, token_id in self._vocab.items()}
+        vocab_json.update(self._special_tokens)
+        vocab_json = dict(sorted(vocab_json.items(), key=lambda item: item[1]))
+        (directory / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False), encoding="utf-8")
+        lines = ["#version: 0.2"] + [f"{_token_to_text(left)} {_token_to_text(right)}" for left, right in self._merges]
+        (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory):
+        """Read a tokenizer written by ``save`` (or any directory holding GPT-2's two files)."""
+        directory = Path(directory)
+        return cls.from_files(directory / "vocab.json", directory / "merges.txt")
+
+
+def _pop_most_frequent(heap, pair_counts):
+    """Pop the pair with the highest current count (lowest ids on ties); None when none is left."""
+    while heap:
+        negative_count, pair = heapq.heappop(heap)
+        count = pair_counts.get(pair, 0)
+        if count == -negative_count:
+            return pair
+        if count > 0:  # the entry was stale: the pair is rarer now, so queue it at its real count
+            heapq.heappush(heap, (-count, pair))
+    return None
+
+
+def _apply_merge(pair, new_id, words, word_freqs, pair_counts, pair_words, heap):
+    """Merge ``pair`` into ``new_id`` in every word containing it, updating counts and index."""
+    grown = set()
+    for index in list(pair_words[pair]):
+        old_word = words[index]
+        new_word = _merge_pair(old_word, pair, new_id)
+        words[index] = new_word
+        old_pairs, new_pairs = Counter(zip(old_word, old_word[1:])), Counter(zip(new_word, new_word[1:]))
+        for changed in old_pairs.keys() | new_pairs.keys():
+            change = (new_pairs[changed] - old_pairs[changed]) * word_freqs[index]
+            if change == 0:
+                continue
+            pair_counts[changed] += change
+            if pair_counts[changed] == 0:
+                del pair_counts[changed]
+            if change > 0:
+                grown.add(changed)
+            if new_pairs[changed] == 0:
+                pair_words[changed].discard(index)
+            else:
+                pair_words[changed].add(index)
+    del pair_words[pair]
+    for grown_pair in grown:
+        if grown_pair in pair_counts:
+            heapq.heappush(heap, (-pair_counts[grown_pair], grown_pair))
+
+
+def _split_on_specials(text, special_tokens):
+    """The pieces of ``text`` between occurrences of the special tokens."""
+    return _special_regex(frozenset(special_tokens)).split(text)
+
+
+@functools.cache
+def _special_regex(special_tokens):
+    # Longest first, so that a special token containing another one wins where both match.
+    ordered = sorted(special_tokens, key=lambda token: (-len(token), token))
+    return re.compile("|".join(re.escape(token) for token in ordered))
+
+
+def _read_text(path):
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+
+
+def _read_json(path):
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
