@@ -24,6 +24,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer repetitions and shapes")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to measure")
     parser.add_argument("--repeats", type=int, help="timed repetitions per measurement (default 5, quick 2)")
+    parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=list(SECTIONS),
+                        help="sections to run (default: all)")
     parser.add_argument("--output", default="BENCHMARKS.md", help="where to write the Markdown table")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: run at this thread count
     return parser.parse_args(argv)
@@ -43,63 +45,166 @@ def time_pair(ours, theirs, repeats):
     return our_times, their_times
 
 
-def torch_gpt_forward(torch, config, weights, ids):
-    """GPT-shaped forward pass from standard torch operations (fused attention kernel included)."""
-    F = torch.nn.functional
-    B, T = ids.shape
-    C, H = config.d_model, config.n_heads
-    x = weights["decoder.token_embedding.weight"][ids]
-    x = x + weights["decoder.position_embedding.weight"][:T]
-    for layer in range(config.n_layers):
-        w = {name.split(f"decoder.blocks.{layer}.", 1)[1]: value for name, value in weights.items()
-             if name.startswith(f"decoder.blocks.{layer}.")}
-        h = F.layer_norm(x, (C,), w["norm1.weight"], w["norm1.bias"], config.layer_norm_eps)
-        q, k, v = torch.addmm(w["attention.b_qkv"], h.view(B * T, C), w["attention.W_qkv"]).split(C, dim=1)
-        q, k, v = (t.reshape(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B * T, C)
-        x = x + torch.addmm(w["attention.b_out"], attended, w["attention.W_out"]).view(B, T, C)
-        h = F.layer_norm(x, (C,), w["norm2.weight"], w["norm2.bias"], config.layer_norm_eps).view(B * T, C)
-        hidden = F.gelu(torch.addmm(w["feed_forward.b_in"], h, w["feed_forward.W_in"]), approximate="tanh")
-        x = x + torch.addmm(w["feed_forward.b_out"], hidden, w["feed_forward.W_out"]).view(B, T, C)
-    x = F.layer_norm(x, (C,), weights["decoder.final_norm.weight"], weights["decoder.final_norm.bias"],
-                     config.layer_norm_eps)
-    return x @ weights["decoder.token_embedding.weight"].T
+def random_batches(np, config, batch_size, count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, config.vocab_size, (batch_size, config.max_seq_len)),
+             rng.integers(0, config.vocab_size, (batch_size, config.max_seq_len))) for _ in range(count)]
 
 
-def bench_forward(threads, quick, repeats):
+def bench_matmul(threads, quick, repeats, context):
+    """The float32 matrix-product peak this run's MFU figures are measured against."""
+    import numpy as np
+    import torch
+
+    import torch_peer
+    rates = torch_peer.matmul_gflops(np, torch)
+    context["peak_gflops"] = rates["numpy"]
+    seconds = 2 * 1024 ** 3 / 1e9
+    return [dict(section="matmul", case="1024 x 1024 x 1024 float32, best of 10", ours=[seconds / rates["numpy"]],
+                 theirs=[seconds / rates["torch"]],
+                 note=f"NumPy {rates['numpy']:.0f} GFLOP/s, torch {rates['torch']:.0f} GFLOP/s")]
+
+
+def bench_training(threads, quick, repeats, context):
+    """One optimizer step (forward, backward, clip 1.0, AdamW) at nanoGPT's CPU config and a mid-size one."""
+    import numpy as np
+    import torch
+
+    import torch_peer
+    from transformer_lm import TransformerConfig
+
+    shapes = [("nanoGPT CPU: L4 H4 C128, B12 T64, V65", dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
+              ("mid: L6 H6 C384, B8 T256, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256), 8)]
+    rows = []
+    for case, shape, batch_size in shapes[:1] if quick else shapes:
+        config = TransformerConfig.from_preset("nanogpt-cpu", **shape)
+        our_times, their_times = time_training_steps(np, torch, config, batch_size, 3 * repeats)
+        tokens = batch_size * config.max_seq_len
+        flops = torch_peer.training_flops_per_token(config) * tokens
+        rows.append(dict(section="training step", case=case, ours=our_times, theirs=their_times,
+                         note=f"tokens/s ours {tokens / median(our_times):,.0f}, torch "
+                              f"{tokens / median(their_times):,.0f}; MFU ours "
+                              f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}, torch "
+                              f"{flops / median(their_times) / 1e9 / context['peak_gflops']:.0%}"))
+    return rows
+
+
+def time_training_steps(np, torch, config, batch_size, repeats):
+    import torch_peer
+    from optim import AdamW, clip_grad_norm
+    from transformer_lm import TransformerLM
+
+    model = TransformerLM(config, seed=0)
+    optimizer = AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    peer = torch_peer.build(torch, model)
+    peer_optimizer = torch_peer.adamw(torch, peer, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    batches = random_batches(np, config, batch_size, 4)
+    torch_batches = [tuple(torch.from_numpy(array) for array in batch) for batch in batches]
+    steps = {"ours": 0, "theirs": 0}
+
+    def ours():
+        ids, targets = batches[steps["ours"] % len(batches)]
+        steps["ours"] += 1
+        model.loss(ids, targets)
+        grads = model.backward()
+        clip_grad_norm(grads, 1.0)
+        optimizer.step(grads)
+
+    def theirs():
+        ids, targets = torch_batches[steps["theirs"] % len(batches)]
+        steps["theirs"] += 1
+        peer_optimizer.zero_grad(set_to_none=True)
+        peer(ids, targets).backward()
+        torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
+        peer_optimizer.step()
+
+    return time_pair(ours, theirs, repeats)
+
+
+def bench_forward(threads, quick, repeats, context):
     """Forward pass at GPT-2 small's shape (random weights, float32, batch 1)."""
     import numpy as np
     import torch
 
+    import torch_peer
     from transformer_lm import TransformerConfig, TransformerLM
 
-    torch.set_num_threads(threads)
     config = TransformerConfig.from_preset("gpt2", dropout=0.0)
     model = TransformerLM(config, seed=0).eval()
-    weights = {name: torch.from_numpy(value) for name, value in model.parameters().items()}
+    peer = torch_peer.build(torch, model).eval()
     rows = []
     for seq_len in ([64, 256] if quick else [64, 256, 1024]):
         ids = np.random.default_rng(seq_len).integers(0, config.vocab_size, (1, seq_len))
         torch_ids = torch.from_numpy(ids)
         with torch.inference_mode():
-            difference = np.abs(model(ids) - torch_gpt_forward(torch, config, weights, torch_ids).numpy()).max()
-            ours, theirs = time_pair(lambda ids=ids: model(ids),
-                                     lambda ids=torch_ids: torch_gpt_forward(torch, config, weights, ids), repeats)
-        rows.append(dict(section="forward", case=f"GPT-2 small, B=1, T={seq_len}", ours=ours, theirs=theirs,
-                         note=f"max |logit difference| {difference:.1e}"))
+            difference = np.abs(model(ids) - peer(torch_ids).numpy()).max()
+            our_times, their_times = time_pair(lambda ids=ids: model(ids), lambda ids=torch_ids: peer(ids), repeats)
+        flops = torch_peer.forward_flops_per_token(config, seq_len) * seq_len
+        rows.append(dict(section="forward", case=f"GPT-2 small, B=1, T={seq_len}", ours=our_times,
+                         theirs=their_times, note=f"max logit difference {difference:.1e}; MFU ours "
+                         f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}"))
     return rows
 
 
-SECTIONS = [bench_forward]
+def bench_generation(threads, quick, repeats, context):
+    """Greedy generation at GPT-2 small's shape: 64-token prompt, 256 new tokens (quick: 32)."""
+    import numpy as np
+    import torch
+
+    import torch_peer
+    from transformer_lm import TransformerConfig, TransformerLM
+
+    config = TransformerConfig.from_preset("gpt2", dropout=0.0)
+    model = TransformerLM(config, seed=0).eval()
+    peer = torch_peer.build(torch, model).eval()
+    new_tokens = 32 if quick else 256
+    rows = []
+    for batch_size in (1,) if quick else (1, 8):
+        prompt = np.random.default_rng(batch_size).integers(0, config.vocab_size, (batch_size, 64))
+        torch_prompt = torch.from_numpy(prompt)
+        same = np.array_equal(model.generate(prompt, new_tokens, temperature=0),
+                              peer.generate_greedy(torch_prompt, new_tokens).numpy())
+        our_times, their_times = time_pair(lambda p=prompt: model.generate(p, new_tokens, temperature=0),
+                                           lambda p=torch_prompt: peer.generate_greedy(p, new_tokens),
+                                           max(1, repeats // 2))
+        tokens = batch_size * new_tokens
+        rows.append(dict(section="generation (KV cache)", case=f"GPT-2 small, B={batch_size}, 64 + {new_tokens} "
+                         "tokens", ours=our_times, theirs=their_times,
+                         note=f"tokens/s ours {tokens / median(our_times):.1f}, torch "
+                              f"{tokens / median(their_times):.1f}; same tokens as torch: {same}"))
+    if batch_size == 1:
+        uncached = uncached_generation_seconds(model, prompt, new_tokens)
+        rows.append(dict(section="generation, no cache", case=f"GPT-2 small, B=1, 64 + {new_tokens} tokens",
+                         ours=[uncached], theirs=rows[0]["ours"],
+                         note=f"'PyTorch' column = ours WITH the KV cache: the cache is "
+                              f"{uncached / median(rows[0]['ours']):.1f}x faster; tokens/s without "
+                              f"{new_tokens / uncached:.1f}"))
+    return rows
+
+
+def uncached_generation_seconds(model, prompt, new_tokens):
+    """Greedy decoding the picoGPT way (the whole sequence again for every token), timed once: it is slow."""
+    import numpy as np
+    start = time.perf_counter()
+    ids = prompt
+    for _ in range(new_tokens):
+        ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
+    return time.perf_counter() - start
+
+
+SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
+            "generation": bench_generation}
 
 
 def worker(args):
     """Runs inside a subprocess whose thread variables are already set; prints JSON rows."""
     import numpy as np
     repeats = args.repeats or (2 if args.quick else 5)
-    rows = []
-    for section in SECTIONS:
-        rows.extend(section(args.worker, args.quick, repeats))
+    import torch
+    torch.set_num_threads(args.worker)
+    rows, context = [], {}
+    for name in ["matmul", *[name for name in args.only if name != "matmul"]]:
+        rows.extend(SECTIONS[name](args.worker, args.quick, repeats, context))
     info = dict(numpy=np.__version__, blas=blas_description(np))
     print(json.dumps(dict(rows=rows, info=info)))
 
@@ -155,6 +260,7 @@ def main(argv=None):
         command = [sys.executable, __file__, "--worker", str(threads)]
         command += ["--quick"] if args.quick else []
         command += ["--repeats", str(args.repeats)] if args.repeats else []
+        command += ["--only", *args.only]
         print(f"running at {threads} thread(s) ...", file=sys.stderr)
         completed = subprocess.run(command, env=environment, capture_output=True, text=True)
         if completed.returncode:
