@@ -23,8 +23,11 @@ class LayerNorm(Module):
         centered = x - mean
         variance = np.mean(centered * centered, axis=-1, keepdims=True)
         self.inverse_std = 1.0 / np.sqrt(variance + self.eps)
-        self.normalized = centered * self.inverse_std
-        return self.normalized * self.params["weight"] + self.params["bias"]
+        centered *= self.inverse_std                 # in place: x_hat without another (B, T, C) array
+        self.normalized = centered
+        out = self.normalized * self.params["weight"]
+        out += self.params["bias"]
+        return out
 
     def backward(self, dout):
         # With x_hat the normalized input and g = dout * weight, differentiating through the mean
@@ -33,8 +36,11 @@ class LayerNorm(Module):
         self.grads["weight"] += np.sum(dout * self.normalized, axis=batch_axes)
         self.grads["bias"] += np.sum(dout, axis=batch_axes)
         g = dout * self.params["weight"]
-        return self.inverse_std * (g - g.mean(axis=-1, keepdims=True)
-                                   - self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True))
+        dx = self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True)
+        np.subtract(g, dx, out=dx)
+        dx -= g.mean(axis=-1, keepdims=True)
+        dx *= self.inverse_std
+        return dx
 
 
 def residual_forward(x, sublayer, norm, norm_first, **sublayer_options):
