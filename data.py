@@ -112,8 +112,9 @@ def prepare_text_dataset(text_path, tokenizer=None, val_fraction=0.1, cache_dir=
     """Encode a UTF-8 text file into a cached uint16 token file and return it as a memory-mapped dataset.
 
     text_path: the text file.
-    tokenizer: a ``CharTokenizer`` (or any tokenizer with ``encode``, ``vocab_size`` and ``to_dict`` that
-        encodes a text piece by piece the same as whole). None builds a CharTokenizer from the text.
+    tokenizer: a ``CharTokenizer`` or ``ByteBPETokenizer`` (any tokenizer with ``encode``, ``vocab_size`` and
+        ``to_dict``). None builds a CharTokenizer from the text. The text is encoded in pieces of 4M
+        characters, so a byte-level BPE may split a word differently where two pieces meet.
     cache_dir: where the token file goes when the text's own directory is not writable (default
         ``default_cache_dir()``).
 
@@ -140,7 +141,8 @@ def prepare_text_dataset(text_path, tokenizer=None, val_fraction=0.1, cache_dir=
 
     for token_path in (beside_text, in_cache_dir):
         metadata = _fresh_cache_metadata(token_path, source_stat, expected_tokenizer)
-        if metadata is not None:
+        # Without a tokenizer argument the text is character-level: a cache made with another kind won't do.
+        if metadata is not None and (tokenizer is not None or metadata["tokenizer"].get("type") == "char"):
             if tokenizer is None:
                 tokenizer = CharTokenizer.from_dict(metadata["tokenizer"])
             return _open_token_file(token_path, metadata["n_tokens"], tokenizer, val_fraction)

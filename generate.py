@@ -41,12 +41,16 @@ def load(args):
 
 
 def start_ids(tokenizer, prompt):
-    """The prompt's ids; an empty prompt starts from <|endoftext|> or a newline, whichever the vocabulary has."""
+    """The prompt's ids; an empty prompt starts from <|endoftext|> if the vocabulary has it, else a newline,
+    else the first token."""
     if prompt:
         return tokenizer.encode(prompt)
     if getattr(tokenizer, "eot_token", None) is not None:
         return [tokenizer.eot_token]
-    return tokenizer.encode("\n")
+    try:
+        return tokenizer.encode("\n")
+    except ValueError:  # a character vocabulary without newlines
+        return [0]
 
 
 def main(argv=None):

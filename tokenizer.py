@@ -495,22 +495,29 @@ class ByteBPETokenizer:
         result of a merge (GPT-2: only "<|endoftext|>") are special tokens.
         """
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-        vocab_json = _read_json(vocab_path)
+        return cls._from_tables(_read_json(vocab_path), _read_text(merges_path).splitlines(),
+                                vocab_path, merges_path)
+
+    @classmethod
+    def _from_tables(cls, vocab_json, merge_lines, vocab_source, merges_source):
+        """Build from the two tables in GPT-2's text forms; the sources name them in error messages."""
         if not isinstance(vocab_json, dict):
-            raise ValueError(f"{vocab_path}: expected a JSON object mapping token text to id")
+            raise ValueError(f"{vocab_source}: expected a JSON object mapping token text to id")
         for text, token_id in vocab_json.items():
             if not isinstance(token_id, int) or isinstance(token_id, bool):
-                raise ValueError(f"{vocab_path}: the id of {text!r} is {token_id!r}, not an integer")
+                raise ValueError(f"{vocab_source}: the id of {text!r} is {token_id!r}, not an integer")
+        if not isinstance(merge_lines, list) or not all(isinstance(line, str) for line in merge_lines):
+            raise ValueError(f"{merges_source}: expected lines of text")
 
         merges = []
-        for line_number, line in enumerate(_read_text(merges_path).splitlines(), start=1):
+        for line_number, line in enumerate(merge_lines, start=1):
             if not line.strip() or (line_number == 1 and line.startswith("#version")):
                 continue
             parts = line.split(" ")
             tokens = [_text_to_token(part) for part in parts]
             if len(parts) != 2 or not all(tokens):
                 raise ValueError(
-                    f"{merges_path}, line {line_number}: expected two tokens in GPT-2's byte alphabet "
+                    f"{merges_source}, line {line_number}: expected two tokens in GPT-2's byte alphabet "
                     f"separated by one space, got {line!r}"
                 )
             merges.append(tuple(tokens))
@@ -526,18 +533,29 @@ class ByteBPETokenizer:
         try:
             return cls(vocab, merges, special_tokens)
         except ValueError as error:
-            raise ValueError(f"{vocab_path} and {merges_path} do not form a valid tokenizer: {error}") from None
+            raise ValueError(f"{vocab_source} and {merges_source} do not form a valid tokenizer: {error}") from None
+
+    def to_dict(self):
+        """The contents of vocab.json and merges.txt as plain JSON, for checkpoints and token caches."""
+        vocab_json = {_token_to_text(token): token_id for token, token_id in self._vocab.items()}
+        vocab_json.update(self._special_tokens)
+        return {"type": "byte_bpe", "vocab": dict(sorted(vocab_json.items(), key=lambda item: item[1])),
+                "merges": [f"{_token_to_text(left)} {_token_to_text(right)}" for left, right in self._merges]}
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict) or data.get("type") != "byte_bpe":
+            raise ValueError("expected a dict with 'type': 'byte_bpe', as written by ByteBPETokenizer.to_dict")
+        return cls._from_tables(data.get("vocab"), data.get("merges"), "the 'vocab' entry", "the 'merges' entry")
 
     def save(self, directory):
         """Write vocab.json and merges.txt (GPT-2's formats) into ``directory``, creating it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        vocab_json = {_token_to_text(token): token_id for token, token_id in self._vocab.items()}
-        vocab_json.update(self._special_tokens)
-        vocab_json = dict(sorted(vocab_json.items(), key=lambda item: item[1]))
-        (directory / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False), encoding="utf-8")
-        lines = ["#version: 0.2"] + [f"{_token_to_text(left)} {_token_to_text(right)}" for left, right in self._merges]
-        (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tables = self.to_dict()
+        (directory / "vocab.json").write_text(json.dumps(tables["vocab"], ensure_ascii=False), encoding="utf-8")
+        (directory / "merges.txt").write_text("\n".join(["#version: 0.2", *tables["merges"]]) + "\n",
+                                              encoding="utf-8")
 
     @classmethod
     def load(cls, directory):
@@ -611,3 +629,12 @@ def _read_json(path):
         return json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def tokenizer_from_dict(data):
+    """Either tokenizer from its ``to_dict()`` form, told apart by the 'type' entry."""
+    kinds = {"char": CharTokenizer, "byte_bpe": ByteBPETokenizer}
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind not in kinds:
+        raise ValueError(f"unknown tokenizer type {kind!r}; expected one of {sorted(kinds)}")
+    return kinds[kind].from_dict(data)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import CheckpointError, load_config, load_training_state, save_checkpoint
+from checkpoint import CheckpointError, load_config, load_tokenizer, load_training_state, save_checkpoint
 from data import SortingTask, prepare_text_dataset
+from generate import start_ids
 from optim import AdamW, clip_grad_norm, lr_schedule
+from tokenizer import ByteBPETokenizer
 from transformer_lm import TransformerConfig, TransformerLM
 
 # Training presets: model shape and optimization settings. Command-line flags override any field.
@@ -41,7 +43,8 @@ PRESETS = {
 }
 # Settings no preset changes: GPT-2's architecture and initialization, as nanoGPT uses.
 COMMON = dict(positional="learned", norm_first=True, activation="gelu_tanh", init="gpt2", dtype="float32",
-              beta1=0.9, grad_accum_steps=1, seed=1337, lr_decay_iters=None, schedule="cosine", sample_tokens=200)
+              beta1=0.9, grad_accum_steps=1, seed=1337, lr_decay_iters=None, schedule="cosine", sample_tokens=200,
+              tokenizer="char", bpe_vocab_size=512)
 
 
 def parse_args(argv=None):
@@ -49,6 +52,8 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--data", help="UTF-8 text file to train on (character level); default: the synthetic sorting task")
     add("--preset", choices=sorted(PRESETS), help="default: 'small' with --data, 'sort' without")
+    add("--tokenizer", choices=["char", "bpe"], help="characters (default), or a byte-level BPE trained on --data")
+    add("--bpe-vocab-size", type=int, help="vocabulary size of the BPE tokenizer (default 512)")
     add("--out-dir", default="out", help="where the checkpoint, metrics.jsonl and loss.png go")
     add("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
     add("--plot", metavar="DIR", help="only draw DIR/metrics.jsonl to DIR/loss.png (needs matplotlib)")
@@ -106,15 +111,19 @@ def learning_rate(settings, iteration):
 
 
 class Task:
-    """What the loop needs from either data source: batches, a vocabulary, a tokenizer to save."""
+    """What the loop needs from either data source: batches, a vocabulary, a tokenizer to save.
+    tokenizer: the one a resumed run saved; None makes one from the text as settings["tokenizer"] says."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, tokenizer=None):
         self.sorting = None if settings["data"] else SortingTask()
         if self.sorting:
             self.tokenizer, self.vocab_size, self.block_size = None, self.sorting.vocab_size, self.sorting.block_size
         else:
             try:
-                self.dataset = prepare_text_dataset(settings["data"])
+                if tokenizer is None and settings["tokenizer"] == "bpe":
+                    text = Path(settings["data"]).read_text(encoding="utf-8")
+                    tokenizer = ByteBPETokenizer.train(text, settings["bpe_vocab_size"])
+                self.dataset = prepare_text_dataset(settings["data"], tokenizer)
             except (OSError, ValueError) as error:
                 raise SystemExit(f"error: cannot read --data {settings['data']}: {error}") from None
             self.tokenizer, self.vocab_size = self.dataset.tokenizer, self.dataset.vocab_size
@@ -154,7 +163,7 @@ def format_duration(seconds):
 def train(settings, out_dir, resume=False):
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / "checkpoint"
-    task = Task(settings)
+    task = Task(settings, load_tokenizer(checkpoint_dir) if resume else None)
     config = model_config(settings, task)
     if resume and load_config(checkpoint_dir) != config:
         raise SystemExit(f"error: the model settings differ from the checkpoint's ({load_config(checkpoint_dir)})")
@@ -246,7 +255,7 @@ def report(model, task, settings):
               f"(target >= 99%: {verdict})")
         return accuracy
     if settings["sample_tokens"] > 0:
-        prompt = task.tokenizer.encode("\n") if "\n" in task.tokenizer.decode(range(task.vocab_size)) else [0]
+        prompt = start_ids(task.tokenizer, "")
         length = min(settings["sample_tokens"], model.config.max_seq_len - len(prompt))
         ids = model.generate(prompt, length, temperature=0.8, top_k=40, seed=settings["seed"])
         print("sample:\n" + task.tokenizer.decode(ids.tolist()))

@@ -494,3 +494,17 @@ def test_default_checksum_matches_the_real_file(tmp_path, refused_url, capsys):
     assert path == tmp_path / data.SHAKESPEARE_FILENAME
     assert data.main(["shakespeare", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(path)
+
+
+def test_a_bpe_tokenized_cache_is_not_reused_for_characters(tmp_path):
+    from tokenizer import ByteBPETokenizer
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    bpe = ByteBPETokenizer.train(text, 280)
+    bpe_dataset = prepare_text_dataset(path, tokenizer=bpe)
+    assert bpe_dataset.vocab_size == 280
+    assert len(bpe_dataset.tokens) == len(bpe.encode(text))
+    char_dataset = prepare_text_dataset(path)
+    assert char_dataset.vocab_size == len(set(text))
+    assert len(char_dataset.tokens) == len(text)

@@ -426,3 +426,18 @@ def test_gpt2_save_writes_the_original_files_back(gpt2, tmp_path):
     assert json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8")) == original_vocab
     original_merges = (directory / "merges.txt").read_text(encoding="utf-8").split("\n")[1:]
     assert (tmp_path / "merges.txt").read_text(encoding="utf-8").split("\n")[1:] == original_merges
+
+
+def test_to_dict_round_trip_for_both_kinds():
+    from tokenizer import tokenizer_from_dict
+    bpe = ByteBPETokenizer.train("low lower lowest newer wider " * 10, 270)
+    char = CharTokenizer.from_text("hello")
+    for tokenizer, text in ((bpe, "lower newest"), (char, "hole")):
+        data = json.loads(json.dumps(tokenizer.to_dict()))
+        rebuilt = tokenizer_from_dict(data)
+        assert type(rebuilt) is type(tokenizer)
+        assert rebuilt.encode(text) == tokenizer.encode(text)
+    with pytest.raises(ValueError, match="unknown tokenizer type 'wordpiece'"):
+        tokenizer_from_dict({"type": "wordpiece"})
+    with pytest.raises(ValueError, match="the 'merges' entry, line 1"):
+        ByteBPETokenizer.from_dict({"type": "byte_bpe", "vocab": bpe.to_dict()["vocab"], "merges": ["a b c"]})

@@ -51,6 +51,17 @@ def test_resume_continues_exactly(corpus, tmp_path):
     assert not np.allclose(fresh, 0.0)
 
 
+def test_byte_level_bpe_tokenizer_option(corpus, tmp_path, capsys):
+    tiny_run(corpus, tmp_path / "run", "--max-iters", 3, "--tokenizer", "bpe", "--bpe-vocab-size", 300,
+             "--sample-tokens", 5)
+    from checkpoint import load_model, load_tokenizer
+    tokenizer = load_tokenizer(tmp_path / "run")
+    assert tokenizer.vocab_size == 300 == load_model(tmp_path / "run").config.vocab_size
+    assert tokenizer.decode(tokenizer.encode("Speak, speak.")) == "Speak, speak."
+    assert "sample:" in capsys.readouterr().out
+    run("--out-dir", tmp_path / "run", "--resume", "--max-iters", 5)  # resumes with the saved tokenizer
+
+
 def test_loss_falls_on_a_tiny_corpus_and_metrics_are_logged(corpus, tmp_path, capsys):
     tiny_run(corpus, tmp_path / "run", "--max-iters", 60, "--eval-interval", 30, "--lr", 3e-3, "--log-interval", 10)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
