@@ -194,6 +194,57 @@ def uncached_generation_seconds(model, prompt, new_tokens):
     return time.perf_counter() - start
 
 
+def bench_tokenizer(threads, quick, repeats, context):
+    """Byte-level BPE: encoding tiny Shakespeare with GPT-2's files against tiktoken (same ids checked), and
+    training a 4,096-token vocabulary on it. Skipped when ../shared is absent."""
+    from pathlib import Path
+
+    from tokenizer import ByteBPETokenizer
+
+    shared = Path(__file__).resolve().parent.parent / "shared" / "data"
+    if not (shared / "gpt2-tokenizer" / "vocab.json").exists() or not (shared / "tinyshakespeare.txt").exists():
+        return []
+    text = (shared / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    megabytes = len(text.encode("utf-8")) / 1e6
+    files = shared / "gpt2-tokenizer" / "vocab.json", shared / "gpt2-tokenizer" / "merges.txt"
+    reference = tiktoken_gpt2(*files)
+    same = ByteBPETokenizer.from_files(*files).encode(text) == reference.encode_ordinary(text)
+    # A fresh tokenizer for every repetition: its word cache starts empty, as on a new text.
+    our_times, their_times = time_pair(lambda: ByteBPETokenizer.from_files(*files).encode(text),
+                                       lambda: reference.encode_ordinary(text), repeats)
+    load_seconds = median_seconds(lambda: ByteBPETokenizer.from_files(*files), repeats)
+    encode_seconds = [seconds - load_seconds for seconds in our_times]
+    train_times = [timed(lambda: ByteBPETokenizer.train(text, 4096)) for _ in range(max(1, repeats // 2))]
+    return [dict(section="tokenizer", case="GPT-2 BPE encode, tiny Shakespeare (1.1 MB)", ours=encode_seconds,
+                 theirs=their_times, note=f"MB/s ours {megabytes / median(encode_seconds):.1f} (cold word cache; "
+                 f"loading the files {1000 * load_seconds:.0f} ms more), tiktoken "
+                 f"{megabytes / median(their_times):.1f}; same ids: {same}"),
+            dict(section="tokenizer", case="train a 4,096-token BPE on tiny Shakespeare", ours=train_times,
+                 theirs=None, note="no peer measured")]
+
+
+def tiktoken_gpt2(vocab_path, merges_path):
+    """tiktoken's GPT-2 encoding built from local files (get_encoding("gpt2") would download them)."""
+    from pathlib import Path
+
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(merges_path), encoder_json_file=str(vocab_path))
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    special = {"<|endoftext|>": json.loads(Path(vocab_path).read_text(encoding="utf-8"))["<|endoftext|>"]}
+    return tiktoken.Encoding(name="gpt2-local", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def median_seconds(function, repeats):
+    return median([timed(function) for _ in range(repeats)])
+
+
 def shakespeare_reproduction(quick):
     """Train nanoGPT's CPU quick-start config on tiny Shakespeare with train.py (2 threads, as the reference
     run) and set the eval losses beside nanoGPT's from ../shared/reference. Returns Markdown lines."""
@@ -239,7 +290,7 @@ def shakespeare_reproduction(quick):
 
 
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
-            "generation": bench_generation}
+            "generation": bench_generation, "tokenizer": bench_tokenizer}
 
 
 def worker(args):
@@ -270,6 +321,13 @@ def median(values):
     return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
 
 
+def milliseconds(seconds):
+    """'median [min - max]' in milliseconds, or '-' when nothing was measured."""
+    if not seconds:
+        return "-"
+    return f"{median(seconds) * 1e3:.1f} [{min(seconds) * 1e3:.1f} - {max(seconds) * 1e3:.1f}]"
+
+
 def markdown_table(results, command):
     import torch
     info = next(iter(results.values()))["info"]
@@ -284,10 +342,9 @@ def markdown_table(results, command):
         lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
                   "| benchmark | case | ours (ms) | PyTorch (ms) | ratio | note |", "|---|---|---:|---:|---:|---|"]
         for row in result["rows"]:
-            ours, theirs = median(row["ours"]) * 1e3, median(row["theirs"]) * 1e3
-            lines.append(f"| {row['section']} | {row['case']} | {ours:.1f} [{min(row['ours']) * 1e3:.1f} - "
-                         f"{max(row['ours']) * 1e3:.1f}] | {theirs:.1f} [{min(row['theirs']) * 1e3:.1f} - "
-                         f"{max(row['theirs']) * 1e3:.1f}] | {ours / theirs:.2f} | {row['note']} |")
+            ratio = f"{median(row['ours']) / median(row['theirs']):.2f}" if row["theirs"] else "-"
+            lines.append(f"| {row['section']} | {row['case']} | {milliseconds(row['ours'])} | "
+                         f"{milliseconds(row['theirs'])} | {ratio} | {row['note']} |")
         lines.append("")
     return "\n".join(lines)
 
