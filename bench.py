@@ -30,6 +30,7 @@ def parse_args(argv=None):
                         help="also reproduce nanoGPT's tiny-Shakespeare run with train.py (about 3 minutes)")
     parser.add_argument("--output", default="BENCHMARKS.md", help="where to write the Markdown table")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: run at this thread count
+    parser.add_argument("--memory-probe", choices=["ours", "theirs"], help=argparse.SUPPRESS)  # internal
     return parser.parse_args(argv)
 
 
@@ -91,15 +92,20 @@ def bench_training(threads, quick, repeats, context):
     return rows
 
 
-def time_training_steps(np, torch, config, batch_size, repeats):
+def time_training_steps(np, torch, config, batch_size, repeats, only=None):
+    """Seconds per training step for ours and the torch peer, alternating; only="ours"/"theirs" builds and runs
+    one side alone (for memory measurements) and returns (times, None) or (None, times)."""
     import torch_peer
     from optim import AdamW, clip_grad_norm
     from transformer_lm import TransformerLM
 
     model = TransformerLM(config, seed=0)
     optimizer = AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
-    peer = torch_peer.build(torch, model)
-    peer_optimizer = torch_peer.adamw(torch, peer, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    if only != "ours":
+        peer = torch_peer.build(torch, model)
+        peer_optimizer = torch_peer.adamw(torch, peer, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    if only == "theirs":
+        del model, optimizer  # measure the peer's memory alone
     batches = random_batches(np, config, batch_size, 4)
     torch_batches = [tuple(torch.from_numpy(array) for array in batch) for batch in batches]
     steps = {"ours": 0, "theirs": 0}
@@ -120,6 +126,9 @@ def time_training_steps(np, torch, config, batch_size, repeats):
         torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
         peer_optimizer.step()
 
+    if only is not None:
+        times = [timed(ours if only == "ours" else theirs) for _ in range(repeats)]
+        return (times, None) if only == "ours" else (None, times)
     return time_pair(ours, theirs, repeats)
 
 
@@ -192,6 +201,57 @@ def uncached_generation_seconds(model, prompt, new_tokens):
     for _ in range(new_tokens):
         ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
     return time.perf_counter() - start
+
+
+MID_SIZE = dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256)
+MID_BATCH = 8
+
+
+def analytic_training_bytes(config, batch_size):
+    """The least memory a training step can live in: parameters, gradients and AdamW's two moments, plus the
+    activations backward needs per layer (the block input and both LayerNorm outputs, q/k/v, the attention
+    output, the residual after attention, the feed-forward pre- and post-activation: 16 B*T*C numbers; the
+    attention probabilities: B*H*T*T) and the logits (B*T*V), all float32."""
+    from transformer_lm import TransformerLM
+    parameters = TransformerLM(config).num_parameters()
+    B, T, C, H = batch_size, config.max_seq_len, config.d_model, config.n_heads
+    activations = config.n_layers * (16 * B * T * C + B * H * T * T) + B * T * config.vocab_size
+    return 4 * (4 * parameters + activations)
+
+
+def memory_probe(side):
+    """Runs in its own process: peak RSS growth over three training steps at the mid-size config."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    from transformer_lm import TransformerConfig
+    config = TransformerConfig.from_preset("nanogpt-cpu", **MID_SIZE)
+    torch.set_num_threads(1)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    time_training_steps(np, torch, config, MID_BATCH, 3, only=side)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"megabytes": (peak - baseline) / 1024}))
+
+
+def bench_memory(threads, quick, repeats, context):
+    """Peak resident memory of the training step at the mid-size config, each side in its own process."""
+    from transformer_lm import TransformerConfig
+    config = TransformerConfig.from_preset("nanogpt-cpu", **MID_SIZE)
+    growth = {}
+    for side in ("ours", "theirs"):
+        completed = subprocess.run([sys.executable, __file__, "--memory-probe", side], capture_output=True, text=True,
+                                   env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
+        if completed.returncode:
+            raise SystemExit(f"memory probe failed:\n{completed.stderr}")
+        growth[side] = json.loads(completed.stdout.strip().splitlines()[-1])["megabytes"]
+    minimum = analytic_training_bytes(config, MID_BATCH) / 2**20
+    return [dict(section="peak memory", case="training step, mid: L6 H6 C384, B8 T256 (RSS growth, MB)",
+                 ours=[growth["ours"] / 1e3], theirs=[growth["theirs"] / 1e3],
+                 note=f"columns in MB, not ms: ours {growth['ours']:.0f} MB = {growth['ours'] / minimum:.2f}x the "
+                      f"analytic minimum {minimum:.0f} MB (weights, grads, AdamW moments, saved activations); "
+                      f"torch {growth['theirs']:.0f} MB")]
 
 
 def bench_tokenizer(threads, quick, repeats, context):
@@ -290,7 +350,7 @@ def shakespeare_reproduction(quick):
 
 
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
-            "generation": bench_generation, "tokenizer": bench_tokenizer}
+            "generation": bench_generation, "memory": bench_memory, "tokenizer": bench_tokenizer}
 
 
 def worker(args):
@@ -351,6 +411,8 @@ def markdown_table(results, command):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(args.memory_probe)
     if args.worker is not None:
         return worker(args)
     try:
