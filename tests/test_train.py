@@ -119,3 +119,27 @@ def test_help_lists_every_hyperparameter():
                  "--lr", "--min-lr", "--warmup-iters", "--weight-decay", "--beta2", "--grad-clip", "--eval-interval",
                  "--eval-iters", "--seed", "--resume", "--preset", "--out-dir", "--plot"):
         assert flag in completed.stdout
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    from transformer_lm import TransformerConfig, TransformerLM
+    model = TransformerLM(TransformerConfig(vocab_size=9, d_model=8, n_heads=2, n_layers=1, max_seq_len=6,
+                                            dropout=0.0, dtype="float64"), seed=0)
+    rng = np.random.default_rng(1)
+    ids, targets = rng.integers(0, 9, (4, 6)), rng.integers(0, 9, (4, 6))
+
+    class HalvesTask:
+        """Serves the batch's two halves in turn, as two micro-batches."""
+        calls = 0
+
+        def get_batch(self, split, batch_size, rng):
+            half = slice(0, 2) if self.calls % 2 == 0 else slice(2, 4)
+            self.calls += 1
+            return ids[half], targets[half]
+
+    loss, grads = train.accumulate_step(model, HalvesTask(), {"grad_accum_steps": 2, "batch_size": 2}, rng)
+    full_loss = model.loss(ids, targets)
+    full_grads = model.backward()
+    assert loss == pytest.approx(full_loss, rel=1e-12)
+    for name, grad in full_grads.items():
+        np.testing.assert_allclose(grads[name], grad, rtol=1e-10, atol=1e-14)
