@@ -159,7 +159,7 @@ def save_file(
         for name in names:
             yield _stored_bytes(tensors[name], dtype_names[name])
 
-    _write_atomically(os.fspath(path), chunks())
+    write_atomically(os.fspath(path), chunks())
 
 
 def _stored_dtype_names(tensors, bf16_names):
@@ -221,7 +221,7 @@ def _float_to_bf16_bits(tensor):
     return np.where(np.isnan(values), quiet_nan, rounded).astype("<u2")
 
 
-def _write_atomically(path, chunks):
+def write_atomically(path, chunks):
     """Write the byte chunks to `path` so that readers see either the old file or the complete new one."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary_path = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
