@@ -1,5 +1,11 @@
-"""Multi-head causal self-attention, batched over heads (no Python loop over heads or positions)."""
+"""Multi-head causal self-attention, batched over heads (no Python loop over heads or positions).
+
+One kernel, `attend`, computes softmax(q k^T) v for any arrangement of queries and keys and any mask.
+An AttentionPattern decides which keys each query may see and arranges queries and keys for the
+kernel; the base class here is full causal attention, sparse_attention.py holds the sparse patterns.
+"""
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -10,27 +16,170 @@ from module import Dropout, Module, linear_backward, linear_forward
 # of 0/0 = NaN, which would otherwise leak into later layers through 0 * NaN.
 MASKED_SCORE = -1e30
 
+# Renormalizing span-masked weights divides by their sum plus this (the adaptive-span reference's value),
+# so a row whose mask removed every weight gives zeros instead of 0/0.
+RENORMALIZATION_EPS = 1e-8
 
-def causal_mask(num_queries, num_keys):
-    """(Tq, Tk) boolean, True where query i may NOT look at key j.
-
-    The queries are the last Tq of the Tk positions (Tq == Tk in a plain forward pass), so query i
-    sits at position Tk - Tq + i and sees the keys j <= Tk - Tq + i.
-    """
-    return np.triu(np.ones((num_queries, num_keys), dtype=bool), k=num_keys - num_queries + 1)
+# What attend_backward needs from attend. dropout_mask: the mask this call drew (None without dropout),
+# kept here because one Dropout may serve several head groups of a layer.
+KernelCache = namedtuple("KernelCache", "scaled_queries keys values probs span_mask norms weights "
+                                        "dropped_weights dropout_mask")
 
 
 def softmax(scores):
     """Numerically stable softmax over the last axis: subtracting the row maximum keeps exp() <= 1.
     Entries at -inf (masked) come out exactly 0."""
-    exps = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    exps = scores - scores.max(axis=-1, keepdims=True)
+    np.exp(exps, out=exps)  # in place: one (..., T, Tk) buffer fewer
     exps /= exps.sum(axis=-1, keepdims=True)
     return exps
 
 
 def softmax_backward(dprobs, probs):
     # Jacobian-vector product of softmax: ds_j = p_j (dp_j - sum_k dp_k p_k).
-    return probs * (dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True))
+    dscores = dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True)
+    dscores *= probs
+    return dscores
+
+
+def attend(scaled_queries, keys, values, blocked, dropout, span_mask=None):
+    """The attention kernel: out = dropout(softmax(q k^T, blocked pairs excluded)) v.
+
+    scaled_queries: (..., Tq, D), already multiplied by 1 / sqrt(D); keys, values: (..., Tk, D);
+    blocked: bool broadcastable to (..., Tq, Tk), True where a query may not see a key.
+    span_mask: None, or weights in [0, 1] broadcastable to (..., Tq, Tk) that multiply the attention
+    weights, which are then renormalized to sum to 1 (adaptive span; Sukhbaatar et al. 2019).
+    dropout: the Dropout for the attention weights. Returns out (..., Tq, D) and the cache for attend_backward.
+    """
+    scores = scaled_queries @ keys.swapaxes(-1, -2)                     # (..., Tq, Tk)
+    np.copyto(scores, MASKED_SCORE, where=blocked)
+    probs = softmax(scores)                                              # rows sum to 1
+    weights, norms = probs, None
+    if span_mask is not None:
+        weights = probs * span_mask
+        norms = weights.sum(axis=-1, keepdims=True) + RENORMALIZATION_EPS
+        weights /= norms
+    dropped_weights = dropout.forward(weights)
+    cache = KernelCache(scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights,
+                        dropout.scaled_mask)
+    return dropped_weights @ values, cache
+
+
+def attend_backward(dout, cache):
+    """dout (..., Tq, D) -> gradients of `attend` with respect to scaled_queries, keys, values and the
+    span mask (None when there was none)."""
+    scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights, dropout_mask = cache
+    dvalues = dropped_weights.swapaxes(-1, -2) @ dout                   # (..., Tk, D)
+    dweights = dout @ values.swapaxes(-1, -2)                           # (..., Tq, Tk)
+    if dropout_mask is not None:
+        dweights *= dropout_mask
+    dprobs, dspan_mask = dweights, None
+    if span_mask is not None:
+        # weights = q / n with q = p m and n = sum(q) + eps:  dq_j = (dweights_j - sum_k dweights_k weights_k) / n.
+        dmasked = (dweights - np.sum(dweights * weights, axis=-1, keepdims=True)) / norms
+        dprobs, dspan_mask = dmasked * span_mask, dmasked * probs
+    dscores = softmax_backward(dprobs, probs)                            # blocked entries stay 0
+    return dscores @ keys, dscores.swapaxes(-1, -2) @ scaled_queries, dvalues, dspan_mask
+
+
+def causal_blocked(query_positions, key_positions):
+    """The rule of full causal attention: a query sees every key at or before its own position."""
+    return key_positions > query_positions
+
+
+class DenseLayout:
+    """Every query against every key: scores (B, h, Tq, Tk).
+
+    Positions (Tq,) and (Tk,), or (B, Tq) and (B, Tk) when rows differ (a left-padded KV cache);
+    -1 marks a slot with no key. Every layout stores them shaped to broadcast against its scores,
+    with the head axis at 1, so that one rule written on positions masks any layout.
+    """
+
+    def __init__(self, query_positions, key_positions):
+        self.query_positions = np.atleast_2d(query_positions)[:, None, :, None]   # (B or 1, 1, Tq, 1)
+        self.key_positions = np.atleast_2d(key_positions)[:, None, None, :]       # (B or 1, 1, 1, Tk)
+
+    def gather_queries(self, x):
+        """(B, h, T, D) -> the layout's arrangement; identity here."""
+        return x
+
+    gather_keys = scatter_queries = scatter_keys = gather_queries
+
+
+def sequence_layout(seq_len):
+    """The dense layout of a plain forward pass: queries and keys at positions 0..seq_len-1."""
+    positions = np.arange(seq_len)
+    return DenseLayout(positions, positions)
+
+
+# A slice of heads, the rule `blocked(query_positions, key_positions)` they follow, and `layout(seq_len)`,
+# the arrangement in which they compute only the blocks the rule may allow.
+HeadGroup = namedtuple("HeadGroup", "heads blocked layout")
+
+
+class AttentionPattern(Module):
+    """Full causal attention, and the base class of the sparse patterns in sparse_attention.py.
+
+    A pattern splits the heads into groups (`head_groups`); every group runs the same kernel, `attend`,
+    in its own layout. `window`: the most keys any query looks back at (its own included), None when
+    unbounded; a KV cache then needs only that many slots, reused in turn.
+    """
+
+    window = None
+
+    def __init__(self):
+        super().__init__()
+        self.cache = None
+
+    def head_groups(self, n_heads):
+        return [HeadGroup(slice(0, n_heads), causal_blocked, sequence_layout)]
+
+    def span_mask(self, layout):
+        """Weights broadcastable to the layout's scores that multiply the attention weights; None: no
+        such mask (only the adaptive span has one)."""
+        return None
+
+    def span_mask_backward(self, dspan_mask, span_mask):
+        """Accumulate the gradient of the pattern's parameters from d span_mask."""
+
+    def forward(self, scaled_queries, keys, values, dropout, query_positions=None, key_positions=None):
+        """scaled_queries: (B, H, Tq, D); keys, values: (B, H, Tk, D) -> (B, H, Tq, D).
+
+        Without positions the tokens sit at 0..T-1 (Tq == Tk) and each group uses its own layout. With
+        query_positions (B, Tq) and key_positions (B, Tk) (a KV cache; -1 at padding and empty slots)
+        every group attends densely, by the same rules.
+        """
+        outputs, self.cache = [], []
+        for group in self.head_groups(scaled_queries.shape[1]):
+            if query_positions is None:
+                layout = group.layout(scaled_queries.shape[2])
+            else:
+                layout = DenseLayout(query_positions, key_positions)
+            blocked = group.blocked(layout.query_positions, layout.key_positions) | (layout.key_positions < 0)
+            out, kernel_cache = attend(layout.gather_queries(scaled_queries[:, group.heads]),
+                                       layout.gather_keys(keys[:, group.heads]),
+                                       layout.gather_keys(values[:, group.heads]), blocked, dropout,
+                                       self.span_mask(layout))
+            outputs.append(layout.scatter_queries(out))
+            self.cache.append((group.heads, layout, kernel_cache))
+        return np.concatenate(outputs, axis=1)
+
+    def backward(self, dout):
+        """dout (B, H, T, D) -> gradients with respect to scaled_queries, keys and values, (B, H, T, D) each."""
+        dscaled_queries, dkeys, dvalues = [], [], []
+        for heads, layout, kernel_cache in self.cache:
+            dgroup_queries, dgroup_keys, dgroup_values, dspan_mask = attend_backward(
+                layout.gather_queries(dout[:, heads]), kernel_cache)
+            self.span_mask_backward(dspan_mask, kernel_cache.span_mask)
+            dscaled_queries.append(layout.scatter_queries(dgroup_queries))
+            dkeys.append(layout.scatter_keys(dgroup_keys))
+            dvalues.append(layout.scatter_keys(dgroup_values))
+        return tuple(np.concatenate(grads, axis=1) for grads in (dscaled_queries, dkeys, dvalues))
+
+    def dense_weights(self):
+        """The attention weights (B, H, Tq, Tk) of the last forward pass, which must have run with
+        positions (densely): for pictures."""
+        return np.concatenate([kernel_cache.weights for _, _, kernel_cache in self.cache], axis=1)
 
 
 class CausalSelfAttention(Module):
@@ -38,10 +187,11 @@ class CausalSelfAttention(Module):
 
     Parameters: W_qkv (C, 3C) and b_qkv (3C,), the fused query/key/value projection, whose output
     columns are [queries | keys | values], each split into heads of head_dim columns;
-    W_out (C, C) and b_out (C,), the output projection.
+    W_out (C, C) and b_out (C,), the output projection. pattern: which keys each query sees
+    (an AttentionPattern; default full causal attention).
     """
 
-    def __init__(self, d_model, n_heads, dropout, rng, dtype):
+    def __init__(self, d_model, n_heads, dropout, rng, dtype, pattern=None):
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
@@ -49,6 +199,7 @@ class CausalSelfAttention(Module):
         self.add_parameter("b_qkv", np.zeros(3 * d_model, dtype=dtype))
         self.add_parameter("W_out", np.zeros((d_model, d_model), dtype=dtype))
         self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
+        self.pattern = AttentionPattern() if pattern is None else pattern
         self.attention_dropout = Dropout(dropout, rng)
         self.residual_dropout = Dropout(dropout, rng)
         self.cache = None
@@ -59,69 +210,90 @@ class CausalSelfAttention(Module):
         heads = qkv.reshape(B, T, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         return heads[0], heads[1], heads[2]
 
-    def forward(self, x, kv_cache=None, key_padding=None):
+    def forward(self, x, kv_cache=None, key_padding=None, positions=None):
         """x: (B, T, C) -> (B, T, C).
 
-        kv_cache: a KVCache holding the keys and values of earlier positions (incremental decoding);
-            the T new positions follow them. key_padding: (B, Tk) bool, True at padded key positions
-            (left-padded prompts), which no query may attend to. Both are for inference only.
+        For inference (incremental decoding): kv_cache, a KVCache with the keys, values and positions of
+        earlier tokens, which the T new tokens follow; key_padding (B, T), True at padded new tokens
+        (left-padded prompts), which no query may attend to; positions (T,) or (B, T) of the new tokens
+        (default: right after the cache's). With any of them the masks come from these positions;
+        without, the tokens sit at 0..T-1 and the pattern computes only the blocks it needs.
         """
         B, T, C = x.shape
         p = self.params
         qkv = linear_forward(x, p["W_qkv"], p["b_qkv"])                  # (B, T, 3C)
         queries, keys, values = self.split_heads(qkv)                     # (B, H, T, D) each
-        if kv_cache is not None:
-            keys, values = kv_cache.append(keys, values)                  # (B, H, Tk, D), Tk >= T
         # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x Tk).
         scaled_queries = queries * (1.0 / math.sqrt(self.head_dim))
-        scores = scaled_queries @ keys.transpose(0, 1, 3, 2)             # (B, H, T, Tk)
-        blocked = causal_mask(T, keys.shape[2])
-        if key_padding is not None:
-            blocked = blocked | key_padding[:, None, None, :]             # (B, 1, T, Tk)
-        np.copyto(scores, MASKED_SCORE, where=blocked)
-        weights = softmax(scores)                                         # rows sum to 1
-        dropped_weights = self.attention_dropout.forward(weights)
-        heads_out = dropped_weights @ values                              # (B, H, T, D)
+        if kv_cache is None and key_padding is None and positions is None:
+            heads_out = self.pattern.forward(scaled_queries, keys, values, self.attention_dropout)
+        else:
+            if positions is None:
+                positions = np.arange(T) + (0 if kv_cache is None else kv_cache.length)
+            query_positions = np.broadcast_to(positions, (B, T))
+            if key_padding is not None:
+                query_positions = np.where(key_padding, -1, query_positions)  # a padding token is no one's key
+            key_positions = query_positions
+            if kv_cache is not None:
+                keys, values, key_positions = kv_cache.append(keys, values, query_positions)
+            heads_out = self.pattern.forward(scaled_queries, keys, values, self.attention_dropout,
+                                             query_positions, key_positions)  # (B, H, T, D)
         merged = heads_out.transpose(0, 2, 1, 3).reshape(B, T, C)        # heads side by side
         out = linear_forward(merged, p["W_out"], p["b_out"])
-        self.cache = (x, scaled_queries, keys, values, weights, dropped_weights, merged)
+        self.cache = (x, merged)
         return self.residual_dropout.forward(out)
 
     def backward(self, dout):
-        x, scaled_queries, keys, values, weights, dropped_weights, merged = self.cache
+        x, merged = self.cache
         B, T, C = x.shape
         p, g = self.params, self.grads
         dout = self.residual_dropout.backward(dout)
         dmerged = linear_backward(dout, merged, p["W_out"], g["W_out"], g["b_out"])
         dheads_out = dmerged.reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
-        dvalues = dropped_weights.transpose(0, 1, 3, 2) @ dheads_out     # (B, H, T, D)
-        dweights = self.attention_dropout.backward(dheads_out @ values.transpose(0, 1, 3, 2))
-        dscores = softmax_backward(dweights, weights)                     # masked entries stay 0
-        dqueries = (dscores @ keys) * (1.0 / math.sqrt(self.head_dim))
-        dkeys = dscores.transpose(0, 1, 3, 2) @ scaled_queries
+        dscaled_queries, dkeys, dvalues = self.pattern.backward(dheads_out)
+        dqueries = dscaled_queries * (1.0 / math.sqrt(self.head_dim))
         # Stack back into the fused layout (B, T, 3, H, D) -> (B, T, 3C), the inverse of split_heads.
         dqkv = np.stack([dqueries, dkeys, dvalues]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
         return linear_backward(dqkv, x, p["W_qkv"], g["W_qkv"], g["b_qkv"])
 
 
 class KVCache:
-    """The keys and values one attention layer has computed so far, so that a new token attends to
-    the past without recomputing it: O(T * C) work per token instead of a whole forward pass.
+    """The keys and values one attention layer has computed so far, with the position of each, so that
+    a new token attends to the past without recomputing it: O(T * C) work per token instead of a whole
+    forward pass.
 
-    Buffers (B, H, capacity, D) are allocated once; `length` positions are filled.
+    Buffers keys, values (B, H, capacity, D) and positions (B, capacity) are allocated once; position -1
+    marks a slot without a key (not filled yet, or a padding token). A rolling cache, for a pattern that
+    never looks back more than `capacity` keys (a sliding window), reuses its oldest slot once full, so
+    decoding goes on in constant memory.
     """
 
-    def __init__(self, batch_size, n_heads, capacity, head_dim, dtype):
+    def __init__(self, batch_size, n_heads, capacity, head_dim, dtype, rolling=False):
         self.keys = np.zeros((batch_size, n_heads, capacity, head_dim), dtype=dtype)
         self.values = np.zeros_like(self.keys)
-        self.length = 0
+        self.positions = np.full((batch_size, capacity), -1, dtype=np.int64)
+        self.rolling = rolling
+        self.length = 0  # tokens appended so far
 
-    def append(self, keys, values):
-        """Store keys, values (B, H, T, D) after the filled part; return all filled (B, H, length, D)."""
-        end = self.length + keys.shape[2]
-        if end > self.keys.shape[2]:
-            raise ValueError(f"KV cache is full: {end} positions requested, capacity {self.keys.shape[2]}")
+    def append(self, keys, values, positions):
+        """Store keys, values (B, H, T, D) of the tokens at positions (B, T). Returns the keys, values
+        (B, H, Tk, D) and positions (B, Tk) that the new tokens' queries may need (in any order)."""
+        T, capacity = keys.shape[2], self.keys.shape[2]
+        if self.rolling:
+            # The new queries need the stored keys and each other's; afterwards the last `capacity` stay.
+            needed = (np.concatenate([self.keys, keys], axis=2), np.concatenate([self.values, values], axis=2),
+                      np.concatenate([self.positions, positions], axis=1))
+            slots = np.arange(self.length, self.length + T)[-capacity:] % capacity
+            self.keys[:, :, slots] = keys[:, :, -capacity:]
+            self.values[:, :, slots] = values[:, :, -capacity:]
+            self.positions[:, slots] = positions[:, -capacity:]
+            self.length += T
+            return needed
+        end = self.length + T
+        if end > capacity:
+            raise ValueError(f"KV cache is full: {end} positions requested, capacity {capacity}")
         self.keys[:, :, self.length:end] = keys
         self.values[:, :, self.length:end] = values
+        self.positions[:, self.length:end] = positions
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return self.keys[:, :, :end], self.values[:, :, :end], self.positions[:, :end]

@@ -9,7 +9,9 @@ machine two-thread timings swing by several times when the other core is busy.
 torch is a benchmark-only dependency (requirements-oracle.txt).
 """
 import argparse
+import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -254,6 +256,146 @@ def bench_memory(threads, quick, repeats, context):
                       f"torch {growth['theirs']:.0f} MB")]
 
 
+def bench_transformers(threads, quick, repeats, context):
+    """Against transformers' own GPT2LMHeadModel: GPT-2 small forward at B=1 and greedy generation after a
+    prompt. Ours is exported with save_pretrained and transformers loads that directory."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    import transformers
+
+    from transformer_lm import TransformerConfig, TransformerLM
+
+    model = TransformerLM(TransformerConfig.from_preset("gpt2", dropout=0.0), seed=0).eval()
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory)
+        hf_model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+    vocab_size = model.config.vocab_size
+    rows = []
+
+    seq_len = 64 if quick else 256
+    ids = np.random.default_rng(seq_len).integers(0, vocab_size, (1, seq_len))
+    torch_ids = torch.from_numpy(ids)
+    with torch.inference_mode():
+        difference = np.abs(model(ids) - hf_model(torch_ids, use_cache=False).logits.numpy()).max()
+        our_times, their_times = time_pair(lambda: model(ids), lambda: hf_model(torch_ids, use_cache=False), repeats)
+    rows.append(dict(section="transformers", case=f"GPT-2 small forward, B=1, T={seq_len}", ours=our_times,
+                     theirs=their_times, note=f"GPT2LMHeadModel; max |logit difference| {difference:.1e}"))
+
+    prompt_len, new_tokens = (16, 32) if quick else (64, 128)
+    prompt = np.random.default_rng(prompt_len).integers(0, vocab_size, (1, prompt_len))
+    torch_prompt = torch.from_numpy(prompt)
+
+    def generate_ours():
+        return model.generate(prompt, new_tokens, temperature=0)
+
+    def generate_theirs():
+        # The saved config has no end-of-text token, so neither side stops early.
+        return hf_model.generate(torch_prompt, attention_mask=torch.ones_like(torch_prompt), do_sample=False,
+                                 max_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
+
+    with torch.inference_mode():
+        same_tokens = np.array_equal(generate_ours(), generate_theirs().numpy())
+        our_times, their_times = time_pair(generate_ours, generate_theirs, max(1, repeats // 2))  # as bench_generation
+    rows.append(dict(section="transformers", case=f"GPT-2 small greedy, {new_tokens} tokens after {prompt_len}",
+                     ours=our_times, theirs=their_times,
+                     note=f"KV cache both; tokens/s {new_tokens / median(our_times):.1f} vs "
+                          f"{new_tokens / median(their_times):.1f}; same tokens: {'yes' if same_tokens else 'no'}"))
+    return rows
+
+
+def bench_safetensors(threads, quick, repeats, context):
+    """Loading a GPT-2-small-sized safetensors file (random float32 weights, written here) and touching every
+    tensor: safetensors_io.load_file against the safetensors library's NumPy loader."""
+    import tempfile
+
+    from safetensors.numpy import load_file as library_load_file
+
+    from safetensors_io import load_file, save_file
+    from transformer_lm import TransformerConfig, TransformerLM
+
+    config = TransformerConfig.from_preset("gpt2", n_layers=2 if quick else 12)
+    tensors = TransformerLM(config, seed=0).parameters()
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.safetensors")
+        save_file(tensors, path)
+        megabytes = os.path.getsize(path) / 1e6
+
+        def load_and_sum(loader):
+            return sum(float(array.sum()) for array in loader(path).values())
+
+        our_times, their_times = time_pair(lambda: load_and_sum(load_file), lambda: load_and_sum(library_load_file),
+                                           repeats)
+        same = load_and_sum(load_file) == load_and_sum(library_load_file)
+    return [dict(section="safetensors load", case=f"{megabytes:.0f} MB, load + sum every tensor", ours=our_times,
+                 theirs=their_times, note=f"ours memory-maps (no copy); same sums: {same}")]
+
+
+ATTENTION_D_MODEL, ATTENTION_HEADS, WINDOW = 256, 4, 256
+
+
+def attention_layer(pattern, seed=0):
+    import numpy as np
+
+    from attention import CausalSelfAttention
+
+    rng = np.random.default_rng(seed)
+    layer = CausalSelfAttention(ATTENTION_D_MODEL, ATTENTION_HEADS, 0.0, rng, np.float32, pattern=pattern)
+    for value in layer.params.values():
+        value[...] = rng.normal(0.0, 0.02, value.shape)
+    return layer
+
+
+def forward_backward(layer, x, dout):
+    """One forward and backward pass of an attention layer."""
+    layer.forward(x)
+    layer.backward(dout)
+
+
+def peak_memory_mib(function):
+    """Peak bytes that `function()` allocates while it runs (its allocations still alive at the peak), in MiB."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def bench_attention(threads, quick, repeats, context):
+    """One attention layer, forward + backward, sparse patterns against full causal attention ("PyTorch"
+    column = our full attention, the peer in this section), batch 1, d_model 256, 4 heads, float32.
+    sliding (window 256) is O(T * window): its time should grow linearly in T; strided uses
+    stride = the smallest power of two >= sqrt(T) (Child et al. take stride ~ sqrt(T)). Peak memory of one
+    forward + backward of each, measured with tracemalloc (NumPy reports its allocations to it)."""
+    import numpy as np
+
+    from sparse_attention import SlidingWindow, Strided
+
+    rows, sliding_time_at_shortest = [], None
+    for seq_len in ([1024, 2048] if quick else [1024, 2048, 4096, 8192]):
+        rng = np.random.default_rng(seq_len)
+        x = rng.standard_normal((1, seq_len, ATTENTION_D_MODEL)).astype(np.float32)
+        dout = rng.standard_normal((1, seq_len, ATTENTION_D_MODEL)).astype(np.float32)
+        stride = 2 ** math.ceil(math.log2(math.sqrt(seq_len)))
+        layers = {"full": attention_layer(None), f"sliding, window {WINDOW}": attention_layer(SlidingWindow(WINDOW)),
+                  f"strided, stride {stride}": attention_layer(Strided(stride))}
+        runs = {name: functools.partial(forward_backward, layer, x, dout) for name, layer in layers.items()}
+        memory = {name: peak_memory_mib(run) for name, run in runs.items()}
+        for name in list(layers)[1:]:
+            ours, theirs = time_pair(runs[name], runs["full"], repeats)
+            note = (f"theirs = full causal attention; peak memory {memory[name]:.0f} MiB vs full "
+                    f"{memory['full']:.0f} MiB")
+            if name.startswith("sliding"):
+                sliding_time_at_shortest = sliding_time_at_shortest or median(ours)
+                note += f"; {median(ours) / sliding_time_at_shortest:.1f}x its T=1024 time"
+            rows.append(dict(section="attention", ours=ours, theirs=theirs, note=note,
+                             case=f"{name}, B=1, C={ATTENTION_D_MODEL}, H={ATTENTION_HEADS}, T={seq_len}"))
+    return rows
+
+
 def bench_tokenizer(threads, quick, repeats, context):
     """Byte-level BPE: encoding tiny Shakespeare with GPT-2's files against tiktoken (same ids checked), and
     training a 4,096-token vocabulary on it. Skipped when ../shared is absent."""
@@ -350,7 +492,8 @@ def shakespeare_reproduction(quick):
 
 
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
-            "generation": bench_generation, "memory": bench_memory, "tokenizer": bench_tokenizer}
+            "generation": bench_generation, "memory": bench_memory, "tokenizer": bench_tokenizer,
+            "transformers": bench_transformers, "safetensors": bench_safetensors, "attention": bench_attention}
 
 
 def worker(args):

@@ -6,6 +6,7 @@ from feed_forward import FeedForward
 from layer_norm import LayerNorm, residual_backward, residual_forward
 from module import Dropout, Embedding, Module
 from positional_encoding import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from sparse_attention import make_pattern
 
 
 class DecoderBlock(Module):
@@ -16,15 +17,16 @@ class DecoderBlock(Module):
         super().__init__()
         dtype = config.numpy_dtype
         self.norm_first = config.norm_first
-        self.attention = CausalSelfAttention(config.d_model, config.n_heads, config.dropout, rng, dtype)
+        self.attention = CausalSelfAttention(config.d_model, config.n_heads, config.dropout, rng, dtype,
+                                             pattern=make_pattern(config))
         self.norm1 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
         self.feed_forward = FeedForward(config.d_model, config.d_ff, config.activation,
                                         config.dropout, rng, dtype)
         self.norm2 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
 
-    def forward(self, x, kv_cache=None, key_padding=None):
+    def forward(self, x, kv_cache=None, key_padding=None, positions=None):
         x = residual_forward(x, self.attention, self.norm1, self.norm_first,
-                             kv_cache=kv_cache, key_padding=key_padding)
+                             kv_cache=kv_cache, key_padding=key_padding, positions=positions)
         return residual_forward(x, self.feed_forward, self.norm2, self.norm_first)
 
     def backward(self, dout):
@@ -51,14 +53,14 @@ class Decoder(Module):
         self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps, dtype) if config.norm_first else None
 
     def forward(self, ids, positions=None, kv_caches=None, key_padding=None):
-        """ids: (B, T). positions: (T,) or (B, T), default 0..T-1. kv_caches (one KVCache per block)
-        and key_padding (B, Tk) serve incremental decoding; see CausalSelfAttention.forward."""
-        if positions is None:
-            positions = np.arange(ids.shape[1])
-        x = self.token_embedding.forward(ids) + self.position_embedding.forward(positions)
+        """ids: (B, T). positions: (T,) or (B, T), default 0..T-1. positions, kv_caches (one KVCache per
+        block) and key_padding (B, T) serve incremental decoding; see CausalSelfAttention.forward."""
+        embedded_positions = np.arange(ids.shape[1]) if positions is None else positions
+        x = self.token_embedding.forward(ids) + self.position_embedding.forward(embedded_positions)
         x = self.dropout.forward(x)
         for index, block in enumerate(self.blocks):
-            x = block.forward(x, kv_cache=None if kv_caches is None else kv_caches[index], key_padding=key_padding)
+            x = block.forward(x, kv_cache=None if kv_caches is None else kv_caches[index], key_padding=key_padding,
+                              positions=positions)
         return x if self.final_norm is None else self.final_norm.forward(x)
 
     def backward(self, dout):

@@ -26,14 +26,19 @@ def left_pad(prompts, pad_id=0):
 
 
 class DecodingState:
-    """What incremental decoding carries from one step to the next, for a batch of B rows."""
+    """What incremental decoding carries from one step to the next, for a batch of B rows that will
+    see `capacity` positions in all."""
 
     def __init__(self, model, batch_size, capacity):
         config = model.config
         head_dim = config.d_model // config.n_heads
-        self.kv_caches = [KVCache(batch_size, config.n_heads, capacity, head_dim, config.numpy_dtype)
-                          for _ in range(config.n_layers)]
-        self.key_padding = np.zeros((batch_size, 0), dtype=bool)
+        self.kv_caches = []
+        for block in model.decoder.blocks:
+            # A pattern that never looks back more than `window` keys needs only that many slots, reused in turn.
+            window = block.attention.pattern.window
+            rolling = window is not None and window < capacity
+            self.kv_caches.append(KVCache(batch_size, config.n_heads, window if rolling else capacity, head_dim,
+                                          config.numpy_dtype, rolling=rolling))
         self.next_positions = np.zeros((batch_size, 1), dtype=np.int64)
 
 
@@ -43,14 +48,10 @@ def decode(model, state, ids, key_padding=None, positions=None):
     The first call (the prompt, "prefill") may carry padding and positions; later calls feed one
     token per row at the next position.
     """
-    B, T = ids.shape
-    if key_padding is None:
-        key_padding = np.zeros((B, T), dtype=bool)
     if positions is None:
-        positions = state.next_positions + np.arange(T)
-    state.key_padding = np.concatenate([state.key_padding, key_padding], axis=1)
+        positions = state.next_positions + np.arange(ids.shape[1])
     state.next_positions = positions[:, -1:] + 1
-    hidden = model.decoder.forward(ids, positions, state.kv_caches, state.key_padding)
+    hidden = model.decoder.forward(ids, positions, state.kv_caches, key_padding)
     return hidden[:, -1] @ model.output_weight.T
 
 

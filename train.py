@@ -23,6 +23,7 @@ from checkpoint import CheckpointError, load_config, load_tokenizer, load_traini
 from data import SortingTask, prepare_text_dataset
 from generate import start_ids
 from optim import AdamW, clip_grad_norm, lr_schedule
+from sparse_attention import clamp_spans, span_summary
 from tokenizer import ByteBPETokenizer
 from transformer_lm import TransformerConfig, TransformerLM
 
@@ -44,7 +45,8 @@ PRESETS = {
 # Settings no preset changes: GPT-2's architecture and initialization, as nanoGPT uses.
 COMMON = dict(positional="learned", norm_first=True, activation="gelu_tanh", init="gpt2", dtype="float32",
               beta1=0.9, grad_accum_steps=1, seed=1337, lr_decay_iters=None, schedule="cosine", sample_tokens=200,
-              tokenizer="char", bpe_vocab_size=512)
+              tokenizer="char", bpe_vocab_size=512, attention="full", window=None, stride=None, summary=None,
+              adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6)
 
 
 def parse_args(argv=None):
@@ -68,6 +70,15 @@ def parse_args(argv=None):
     add("--norm-first", action=argparse.BooleanOptionalAction, default=None, help="pre-LN (default) or post-LN")
     add("--activation", choices=["gelu_tanh", "gelu"])
     add("--init", choices=["gpt2", "xavier"])
+    add("--attention", choices=["full", "sliding", "strided", "fixed"], help="attention pattern (default full)")
+    add("--window", type=int, help="keys each query sees with --attention sliding (itself included)")
+    add("--stride", type=int, help="block length of --attention strided / fixed")
+    add("--summary", type=int, help="summary positions per block with --attention fixed")
+    add("--adaptive-span", action=argparse.BooleanOptionalAction, default=None,
+        help="each head learns its attention span (Sukhbaatar et al. 2019); spans are logged at each eval")
+    add("--max-span", type=int, help="the longest span an adaptive head may learn (default: --block-size)")
+    add("--span-ramp", type=int, help="length of the soft mask's ramp (default 32)")
+    add("--span-loss-coefficient", type=float, help="L1 penalty per token of mean span (default 2e-6)")
     add("--dtype", choices=["float32", "float64"])
     add("--lr", type=float, help="peak learning rate")
     add("--min-lr", type=float, help="learning rate at the end of the cosine decay")
@@ -135,11 +146,18 @@ class Task:
         return self.dataset.get_batch(split, batch_size, self.block_size, rng)
 
 
+MODEL_SETTINGS = ("d_model", "n_heads", "n_layers", "dropout", "positional", "norm_first", "activation", "init",
+                  "dtype", "attention", "window", "stride", "summary", "adaptive_span", "span_ramp",
+                  "span_loss_coefficient")
+
+
 def model_config(settings, task):
-    return TransformerConfig(vocab_size=task.vocab_size, d_model=settings["d_model"], n_heads=settings["n_heads"],
-                             n_layers=settings["n_layers"], max_seq_len=task.block_size, dropout=settings["dropout"],
-                             positional=settings["positional"], norm_first=settings["norm_first"],
-                             activation=settings["activation"], init=settings["init"], dtype=settings["dtype"])
+    max_span = (settings["max_span"] or task.block_size) if settings["adaptive_span"] else None
+    try:
+        return TransformerConfig(vocab_size=task.vocab_size, max_seq_len=task.block_size, max_span=max_span,
+                                 **{name: settings[name] for name in MODEL_SETTINGS})
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def estimate_loss(model, task, settings, iteration):
@@ -195,9 +213,15 @@ def train(settings, out_dir, resume=False):
             losses = estimate_loss(model, task, settings, iteration)
             print(f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             ms_per_iter = 1000 * float(np.median(iteration_times)) if iteration_times else None
+            row = dict(iter=iteration, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
+                       ms_per_iter=ms_per_iter)
+            spans = span_summary(model)
+            if spans:
+                row["spans"] = spans
+                for layer, layer_spans in enumerate(spans):
+                    print(f"  layer {layer} spans: " + " ".join(f"{span:.1f}" for span in layer_spans))
             with open(out_dir / "metrics.jsonl", "a") as metrics:
-                metrics.write(json.dumps(dict(iter=iteration, train_loss=losses["train"], val_loss=losses["val"],
-                                              lr=lr, ms_per_iter=ms_per_iter)) + "\n")
+                metrics.write(json.dumps(row) + "\n")
             if losses["val"] < best_val_loss or is_last:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iteration > start or is_last:
@@ -214,6 +238,7 @@ def train(settings, out_dir, resume=False):
         if settings["grad_clip"] > 0:
             clip_grad_norm(grads, settings["grad_clip"])
         optimizer.step(grads, lr=lr)
+        clamp_spans(model)  # adaptive spans stay within [0, max_span] (a no-op without them)
         iteration_times.append(time.perf_counter() - started)
 
         done = iteration + 1 - start

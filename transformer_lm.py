@@ -14,6 +14,7 @@ import numpy as np
 import generation
 from decoder import Decoder
 from module import Module
+from sparse_attention import adaptive_spans
 
 IGNORE_INDEX = -100
 
@@ -22,7 +23,10 @@ CHOICES = {
     "activation": ("gelu_tanh", "gelu"),
     "init": ("xavier", "gpt2"),
     "dtype": ("float32", "float64"),
+    "attention": ("full", "sliding", "strided", "fixed"),
 }
+# The pattern fields each attention pattern needs; every other pattern must leave them None.
+PATTERN_FIELDS = {"full": (), "sliding": ("window",), "strided": ("stride",), "fixed": ("stride", "summary")}
 
 
 @dataclasses.dataclass
@@ -35,6 +39,17 @@ class TransformerConfig:
     activation: "gelu_tanh" (GPT-2's approximation) or "gelu" (exact, through erf).
     init: "xavier" (Glorot uniform for every matrix) or "gpt2" (normal(0, 0.02), residual
           projections scaled by 1/sqrt(2 * n_layers)); see TransformerLM.initialize.
+    attention: which keys query i sees (sparse_attention.py); every pattern is causal.
+        "full"     all j <= i.
+        "sliding"  the `window` most recent, i - window < j <= i (window counts the query itself).
+        "strided"  Child et al. 2019: the first half of the heads i - stride < j <= i, the second half
+                   every stride-th key back, (i - j) % stride == 0. n_heads must be even.
+        "fixed"    Child et al. 2019: the first half of the heads their own block of `stride` positions,
+                   the second half the last `summary` positions of every block (and their own).
+        Sequences need not be a multiple of window or stride.
+    adaptive_span: each head learns how far back it looks, up to max_span tokens (Sukhbaatar et al.
+        2019; attention must be "full"), through a soft mask with a ramp of span_ramp tokens. In training
+        mode TransformerLM.loss adds span_loss_coefficient * (the mean span in tokens) for every layer.
     """
     vocab_size: int = 256
     d_model: int = 64
@@ -50,6 +65,14 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-5
     init: str = "xavier"
     dtype: str = "float32"
+    attention: str = "full"
+    window: int = None
+    stride: int = None
+    summary: int = None
+    adaptive_span: bool = False
+    max_span: int = None
+    span_ramp: int = 32
+    span_loss_coefficient: float = 2e-6
 
     def __post_init__(self):
         if self.d_ff is None:
@@ -67,9 +90,44 @@ class TransformerConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("norm_first", "tie_weights"):
+        for name in ("norm_first", "tie_weights", "adaptive_span"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self.check_attention_fields()
+
+    def check_attention_fields(self):
+        """The pattern fields: set exactly for the pattern that uses them, and consistent with it."""
+        for name in ("window", "stride", "summary"):
+            value = getattr(self, name)
+            if name not in PATTERN_FIELDS[self.attention]:
+                if value is not None:
+                    users = [pattern for pattern, fields in PATTERN_FIELDS.items() if name in fields]
+                    raise ValueError(f"{name} is only used with attention in {users}; got {name}={value!r} "
+                                     f"with attention={self.attention!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer for attention={self.attention!r}, got {value!r}")
+        if self.attention in ("strided", "fixed") and self.n_heads % 2:
+            raise ValueError(f"n_heads must be even for attention={self.attention!r} (half the heads follow each "
+                             f"of its two patterns), got {self.n_heads}")
+        if self.attention == "fixed" and self.summary > self.stride:
+            raise ValueError(f"summary must be at most stride (the last summary positions of each block of "
+                             f"stride), got summary={self.summary} > stride={self.stride}")
+        if not self.adaptive_span:
+            if self.max_span is not None:
+                raise ValueError(f"max_span is only used with adaptive_span=True, got max_span={self.max_span!r}")
+            return
+        if self.attention != "full":
+            raise ValueError(f"adaptive_span needs attention='full' (the span is its own window), "
+                             f"got attention={self.attention!r}")
+        for name in ("max_span", "span_ramp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer with adaptive_span=True, got {value!r}")
+        if self.positional == "learned" and self.max_span > self.max_seq_len:
+            raise ValueError(f"max_span ({self.max_span}) must not exceed max_seq_len ({self.max_seq_len}) with "
+                             "learned positions: no sequence is longer")
+        if not (isinstance(self.span_loss_coefficient, (int, float)) and self.span_loss_coefficient >= 0.0):
+            raise ValueError(f"span_loss_coefficient must be a number >= 0, got {self.span_loss_coefficient!r}")
 
     @property
     def numpy_dtype(self):
@@ -112,6 +170,7 @@ class TransformerLM(Module):
             self.add_parameter("lm_head.weight", np.zeros((config.vocab_size, config.d_model),
                                                           dtype=config.numpy_dtype))
         self.initialize()
+        self.tokenizer = None        # set by from_pretrained when the directory holds tokenizer files
         self.hidden = None           # decoder output cached for the head's backward
         self.loss_cache = None       # (probabilities, targets, count) from loss(), consumed by backward()
 
@@ -182,7 +241,12 @@ class TransformerLM(Module):
         return self.hidden @ self.output_weight.T                      # (B, T, V)
 
     def loss(self, ids, targets, ignore_index=IGNORE_INDEX):
-        """Mean cross-entropy of next-token targets (B, T) over the positions not equal to ignore_index."""
+        """Mean cross-entropy of next-token targets (B, T) over the positions not equal to ignore_index.
+
+        With adaptive_span, in training mode, plus the L1 penalty on the spans: span_loss_coefficient *
+        (mean span in tokens) summed over layers (backward() includes its gradient). Evaluation mode
+        leaves it out, so validation losses stay plain cross-entropies.
+        """
         ids = self.check_ids(ids)
         targets = np.asarray(targets)
         if targets.dtype.kind not in "iu":
@@ -209,15 +273,16 @@ class TransformerLM(Module):
         sums = probabilities.sum(axis=1, keepdims=True)
         probabilities /= sums
         losses = np.log(sums[rows, 0]) - target_logits
-        self.loss_cache = (probabilities, valid.reshape(-1), rows, target_ids)
-        return float(np.sum(losses, dtype=np.float64) / rows.size)
+        penalized_spans = adaptive_spans(self) if self.training else []
+        self.loss_cache = (probabilities, valid.reshape(-1), rows, target_ids, penalized_spans)
+        return float(np.sum(losses, dtype=np.float64) / rows.size) + sum(span.penalty() for span in penalized_spans)
 
     def backward(self):
         """Gradients of the last loss() for every parameter: dict name -> array (the model's own
         buffers, overwritten by the next backward; copy them to accumulate over micro-batches)."""
         if self.loss_cache is None:
             raise RuntimeError("backward() needs a preceding loss(ids, targets) (and no forward() since)")
-        probabilities, valid, rows, target_ids = self.loss_cache
+        probabilities, valid, rows, target_ids, penalized_spans = self.loss_cache
         self.loss_cache = None
         self.zero_grad()
         # d(mean cross-entropy)/d logits = (softmax - one_hot(target)) / count, zero at ignored rows.
@@ -229,6 +294,8 @@ class TransformerLM(Module):
         self.output_grad[...] += dlogits.T @ hidden_2d                   # (V, C)
         dhidden = (dlogits @ self.output_weight).reshape(self.hidden.shape)
         self.decoder.backward(dhidden)
+        for span in penalized_spans:
+            span.penalty_backward()
         return self.gradients()
 
     def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):

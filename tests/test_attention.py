@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from gradcheck import RELATIVE_ERROR_BOUND, check_layer
 
-from attention import CausalSelfAttention, causal_mask, softmax
+from attention import CausalSelfAttention, causal_blocked, softmax
 
 
 def make_attention(d_model=8, n_heads=2, dropout=0.0, seed=0):
@@ -15,7 +15,12 @@ def make_attention(d_model=8, n_heads=2, dropout=0.0, seed=0):
     return layer
 
 
-def test_causal_mask_blocks_exactly_the_future():
+def causal_mask(num_queries, num_keys):
+    """(Tq, Tk) True where a query may not see a key, the queries being the last Tq of Tk positions."""
+    return causal_blocked(np.arange(num_keys - num_queries, num_keys)[:, None], np.arange(num_keys)[None, :])
+
+
+def test_causal_rule_blocks_exactly_the_future():
     mask = causal_mask(4, 4)
     for query in range(4):
         for key in range(4):

@@ -143,3 +143,25 @@ def test_gradient_accumulation_equals_one_large_batch():
     assert loss == pytest.approx(full_loss, rel=1e-12)
     for name, grad in full_grads.items():
         np.testing.assert_allclose(grads[name], grad, rtol=1e-10, atol=1e-14)
+
+
+def test_adaptive_span_training_logs_and_clamps_the_spans(corpus, tmp_path, capsys):
+    tiny_run(corpus, tmp_path / "run", "--max-iters", 6, "--eval-interval", 3, "--adaptive-span", "--max-span", 8,
+             "--span-ramp", 4, "--lr", 0.5, "--span-loss-coefficient", 0.0)
+    assert "layer 1 spans:" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    spans = np.array(rows[-1]["spans"])
+    assert spans.shape == (2, 2)
+    # The spans learn (they start at 0), and a large learning rate would push them out of [0, max_span]
+    # unless they were clamped after each step.
+    assert np.any(spans != np.array(rows[0]["spans"]))
+    assert np.all((spans >= 0.0) & (spans <= 8.0))
+
+
+def test_attention_pattern_flags_reach_the_model(corpus, tmp_path):
+    tiny_run(corpus, tmp_path / "run", "--max-iters", 2, "--attention", "sliding", "--window", 4)
+    from checkpoint import load_config
+    config = load_config(tmp_path / "run")
+    assert (config.attention, config.window) == ("sliding", 4)
+    with pytest.raises(SystemExit, match="window must be a positive integer"):
+        tiny_run(corpus, tmp_path / "bad", "--max-iters", 2, "--attention", "sliding")
