@@ -32,7 +32,7 @@ def load(args):
         else:
             from transformer_lm import TransformerLM
             model = TransformerLM.from_pretrained(args.hf_model)
-            tokenizer = getattr(model, "tokenizer", None)
+            tokenizer = model.tokenizer
     except (CheckpointError, OSError, ValueError) as error:
         raise SystemExit(f"error: cannot load the model: {error}") from None
     if tokenizer is None:

@@ -1,0 +1,308 @@
+"""Hugging Face GPT-2 checkpoints: load one into a TransformerLM, and save a TransformerLM as one.
+
+    model = TransformerLM.from_pretrained("gpt2-dir")     # config.json + model.safetensors (+ tokenizer)
+    model.save_pretrained("out-dir")                      # transformers.GPT2LMHeadModel.from_pretrained reads it
+
+A Hugging Face GPT-2 directory holds
+    config.json                  the shape and options (n_layer, n_head, n_embd, n_positions, ...)
+    model.safetensors            the weights; large models may instead be split into shards listed
+                                 by model.safetensors.index.json
+    vocab.json and merges.txt    optionally, GPT-2's byte-level BPE tokenizer
+
+The weights map one to one onto ours with no transposes: GPT-2's Conv1D stores its matrices (in, out), as
+`linear_forward` does, and the columns of c_attn are [queries | keys | values], like those of W_qkv.
+Two generations of files exist and both load. Current transformers prefixes the body's tensors with
+"transformer." and leaves lm_head.weight out when it is tied to wte. The original GPT-2 release (and files
+converted from it) has no prefix and also stores each layer's causal mask, h.N.attn.bias and
+h.N.attn.masked_bias: constants, not weights, which are skipped.
+
+Choices made where the formats differ:
+  dropout  GPT-2 has three rates (embd_pdrop, attn_pdrop, resid_pdrop; all 0.1 in GPT-2 itself) and we
+           have one: loading takes resid_pdrop, saving writes our rate into all three. The loaded model
+           comes back in eval mode, where dropout is off, as it does from transformers.
+  dtype    loading always builds a float32 model (F16 and BF16 tensors widen exactly). Saving writes
+           F32 tensors, so a float64 model is rounded to float32: GPT-2 checkpoints are float32, and
+           transformers would load F64 tensors into a float32 model anyway.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from safetensors_io import load_file, save_file, write_atomically
+from tokenizer import ByteBPETokenizer
+from transformer_lm import TransformerConfig
+
+# Our parameter names outside the blocks -> GPT-2's (before the "transformer." prefix is added).
+TOP_LEVEL_NAMES = {
+    "decoder.token_embedding.weight": "wte.weight",
+    "decoder.position_embedding.weight": "wpe.weight",
+    "decoder.final_norm.weight": "ln_f.weight",
+    "decoder.final_norm.bias": "ln_f.bias",
+    "lm_head.weight": "lm_head.weight",  # present only when untied; never prefixed
+}
+
+# Names inside block i: "decoder.blocks.{i}." + ours -> "h.{i}." + GPT-2's.
+BLOCK_NAMES = {
+    "norm1.weight": "ln_1.weight",
+    "norm1.bias": "ln_1.bias",
+    "attention.W_qkv": "attn.c_attn.weight",
+    "attention.b_qkv": "attn.c_attn.bias",
+    "attention.W_out": "attn.c_proj.weight",
+    "attention.b_out": "attn.c_proj.bias",
+    "norm2.weight": "ln_2.weight",
+    "norm2.bias": "ln_2.bias",
+    "feed_forward.W_in": "mlp.c_fc.weight",
+    "feed_forward.b_in": "mlp.c_fc.bias",
+    "feed_forward.W_out": "mlp.c_proj.weight",
+    "feed_forward.b_out": "mlp.c_proj.bias",
+}
+
+BODY_PREFIX = "transformer."
+LM_HEAD = "lm_head.weight"
+CAUSAL_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+# GPT-2's activation_function values -> ours. gelu_new and gelu_pytorch_tanh are the same tanh formula.
+ACTIVATIONS_FROM_GPT2 = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+ACTIVATIONS_TO_GPT2 = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+
+# Config switches that change GPT-2's computation in ways this model cannot follow: name -> (the only
+# value we support, which is also GPT-2's default; what that value means).
+FIXED_SETTINGS = {
+    "scale_attn_weights": (True, "attention scores are always divided by sqrt(head_dim)"),
+    "scale_attn_by_inverse_layer_idx": (False, "no layer scales its scores by 1 / (layer index + 1)"),
+    "reorder_and_upcast_attn": (False, "attention is computed in the model's own dtype, in the usual order"),
+    "add_cross_attention": (False, "this is a decoder-only model without cross-attention"),
+}
+
+# Our settings that GPT-2 has no alternative to: field -> (GPT-2's value, what GPT-2 does instead).
+GPT2_ARCHITECTURE = {
+    "positional": ("learned", "GPT-2 learns its position embeddings"),
+    "norm_first": (True, "GPT-2 applies LayerNorm before each sub-layer (pre-LN) and once after the last block"),
+    "attention": ("full", "every GPT-2 query attends to all earlier positions"),
+    "adaptive_span": (False, "GPT-2's attention heads have no learned span"),
+}
+
+# config.json fields we require, although transformers would fill in GPT-2 small's values: a file that
+# leaves out the model's shape is more likely damaged than meant to be GPT-2 small.
+SHAPE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+
+
+def gpt2_name(name):
+    """Our parameter name -> GPT-2's, without the "transformer." prefix."""
+    if name in TOP_LEVEL_NAMES:
+        return TOP_LEVEL_NAMES[name]
+    _, _, index, inner_name = name.split(".", 3)  # "decoder", "blocks", i, the rest
+    return f"h.{index}.{BLOCK_NAMES[inner_name]}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_pretrained(cls, path):
+    """A `cls` (TransformerLM) model, in eval mode, with the weights of the GPT-2 directory `path`.
+
+    When the directory also holds vocab.json and merges.txt, GPT-2's tokenizer is attached as
+    `model.tokenizer` (a ByteBPETokenizer); otherwise `model.tokenizer` is None. Raises ValueError, naming
+    the field or tensor, for configs this model cannot represent and for weights that do not fit it.
+    """
+    directory = Path(path)
+    config = config_from_gpt2(read_json(directory / "config.json"), source=directory / "config.json")
+    model = cls(config)
+    tensors = read_gpt2_tensors(directory)
+    if config.tie_weights and LM_HEAD in tensors:
+        # Some converters store the tied head anyway; then it must be a copy of the embedding.
+        head = tensors.pop(LM_HEAD)
+        if "wte.weight" in tensors and not np.array_equal(head, tensors["wte.weight"]):
+            raise ValueError(f"{directory}: lm_head.weight differs from wte.weight, but config.json says "
+                             "tie_word_embeddings is true")
+    targets = {gpt2_name(name): value for name, value in model.parameters().items()}
+    copy_tensors(targets, tensors, source=directory)
+    model.tokenizer = load_gpt2_tokenizer(directory, config.vocab_size)
+    return model.eval()
+
+
+def config_from_gpt2(gpt2_config, source):
+    """A parsed GPT-2 config.json -> TransformerConfig, or ValueError naming the field it cannot represent."""
+    model_type = gpt2_config.get("model_type")
+    if model_type != "gpt2":
+        raise ValueError(f"{source}: model_type is {model_type!r}; only 'gpt2' checkpoints can be loaded")
+    for name, (supported, meaning) in FIXED_SETTINGS.items():
+        value = gpt2_config.get(name, supported)
+        if value != supported:
+            raise ValueError(f"{source}: {name}={value!r} is not supported ({name}={supported} only: {meaning})")
+    activation = gpt2_config.get("activation_function", "gelu_new")
+    if activation not in ACTIVATIONS_FROM_GPT2:
+        raise ValueError(f"{source}: activation_function={activation!r} is not supported "
+                         f"(choose one of {sorted(ACTIVATIONS_FROM_GPT2)})")
+    missing = [name for name in SHAPE_FIELDS if name not in gpt2_config]
+    if missing:
+        raise ValueError(f"{source}: lacks the field {missing[0]!r}, needed for the model's shape")
+    try:
+        return TransformerConfig(
+            vocab_size=gpt2_config["vocab_size"],
+            d_model=gpt2_config["n_embd"],
+            n_heads=gpt2_config["n_head"],
+            n_layers=gpt2_config["n_layer"],
+            d_ff=gpt2_config.get("n_inner"),  # None -> 4 * d_model, as in GPT-2
+            max_seq_len=gpt2_config["n_positions"],
+            dropout=gpt2_config.get("resid_pdrop", 0.1),
+            positional="learned",
+            norm_first=True,
+            tie_weights=gpt2_config.get("tie_word_embeddings", True),
+            activation=ACTIVATIONS_FROM_GPT2[activation],
+            layer_norm_eps=gpt2_config.get("layer_norm_epsilon", 1e-5),
+            init="gpt2",
+            dtype="float32",
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: cannot be represented: {error}") from None
+
+
+def read_gpt2_tensors(directory):
+    """Every weight of a GPT-2 directory: name without the "transformer." prefix -> read-only array.
+
+    Reads model.safetensors, or the shards that model.safetensors.index.json lists; the causal-mask
+    buffers of old files are dropped. A directory with only a pickle checkpoint is refused.
+    """
+    single_file = directory / "model.safetensors"
+    index_file = directory / "model.safetensors.index.json"
+    if single_file.exists():
+        files = [single_file]
+    elif index_file.exists():
+        weight_map = read_json(index_file).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index_file}: expected a 'weight_map' object mapping tensor names to shard files")
+        files = [directory / shard for shard in sorted(set(weight_map.values()))]
+    else:
+        pickle_file = directory / "pytorch_model.bin"
+        if pickle_file.exists():
+            load_file(pickle_file)  # refuses it with SafetensorsError, saying how to convert it
+        raise FileNotFoundError(f"{directory}: no model.safetensors (nor a sharded model.safetensors.index.json)")
+
+    tensors = {}
+    for file in files:
+        for stored_name, value in load_file(file).items():
+            name = stored_name.removeprefix(BODY_PREFIX)
+            if CAUSAL_MASK_BUFFER.fullmatch(name):
+                continue
+            if name in tensors:
+                raise ValueError(f"{file}: tensor {name!r} is stored twice (with and without the "
+                                 f"{BODY_PREFIX!r} prefix, or in two shards)")
+            tensors[name] = value
+    return tensors
+
+
+def copy_tensors(targets, tensors, source):
+    """Copy every array of `tensors` into the live parameter of the same name in `targets`.
+
+    Both dicts must have exactly the same names and each pair the same shape; otherwise ValueError
+    naming the tensor and `source` (the file or directory, for the message), before anything is copied.
+    """
+    missing = [name for name in targets if name not in tensors]
+    if missing:
+        raise ValueError(f"{source}: missing tensor {missing[0]!r}" + others(missing))
+    unexpected = [name for name in tensors if name not in targets]
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor {unexpected[0]!r}" + others(unexpected)
+                         + " (the config describes a model without it)")
+    for name, target in targets.items():
+        value = tensors[name]
+        if value.shape != target.shape:
+            raise ValueError(f"{source}: tensor {name!r} has shape {value.shape}, but the config needs "
+                             f"{target.shape}")
+        if value.dtype.kind != "f":
+            raise ValueError(f"{source}: tensor {name!r} has dtype {value.dtype}; weights must be floating point")
+    for name, target in targets.items():
+        target[...] = tensors[name]  # casts to the model's dtype
+
+
+def others(names):
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+def load_gpt2_tokenizer(directory, vocab_size):
+    """GPT-2's tokenizer from vocab.json + merges.txt in `directory`, or None when either file is absent."""
+    vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
+    if not (vocab_file.exists() and merges_file.exists()):
+        return None
+    tokenizer = ByteBPETokenizer.from_files(vocab_file, merges_file)
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
+                         f"model's vocab_size {vocab_size}")
+    return tokenizer
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as file:
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_pretrained(model, path):
+    """Write `model` into directory `path` (created if needed) in the layout of transformers' GPT-2:
+    model.safetensors, config.json, and vocab.json + merges.txt when `model.tokenizer` is a
+    ByteBPETokenizer. Each file is replaced atomically; config.json is written last.
+
+    Raises ValueError, before writing anything, when a setting of the model has no GPT-2 equivalent.
+    """
+    config = model.config
+    for name, (gpt2_value, gpt2_behaviour) in GPT2_ARCHITECTURE.items():
+        value = getattr(config, name)
+        if value != gpt2_value:
+            raise ValueError(f"{name}={value!r} has no GPT-2 equivalent ({gpt2_behaviour}: {name}={gpt2_value!r})")
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    tensors = {}
+    for name, value in model.parameters().items():
+        stored_name = gpt2_name(name)
+        if stored_name != LM_HEAD:
+            stored_name = BODY_PREFIX + stored_name
+        tensors[stored_name] = value.astype(np.float32, copy=False)
+    # transformers looks for "format": "pt" to know the file was written for PyTorch models.
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+
+    tokenizer = model.tokenizer
+    if not isinstance(tokenizer, ByteBPETokenizer):
+        tokenizer = None  # only GPT-2's byte-level BPE has a GPT-2 form; a character tokenizer stays behind
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    config_text = json.dumps(gpt2_config(config, tokenizer), indent=2) + "\n"
+    write_atomically(str(directory / "config.json"), [config_text.encode("utf-8")])
+
+
+def gpt2_config(config, tokenizer):
+    """TransformerConfig -> the fields of a GPT-2 config.json. The tokenizer's end-of-text token becomes
+    bos_token_id and eos_token_id, as in GPT-2; without one both are null (GPT-2's default, 50256, would
+    lie outside a smaller vocabulary)."""
+    end_of_text = tokenizer.eot_token if tokenizer is not None else None
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.max_seq_len,
+        "n_embd": config.d_model,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": config.d_ff,
+        "activation_function": ACTIVATIONS_TO_GPT2[config.activation],
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        **{name: supported for name, (supported, _) in FIXED_SETTINGS.items()},
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
+        "use_cache": True,
+    }
