@@ -58,8 +58,9 @@ def main(argv=None):
     model, tokenizer = load(args)
     try:
         prompt_ids = start_ids(tokenizer, args.prompt)
+        # Past max_seq_len, condition on the last max_seq_len tokens rather than stop (nanoGPT's policy).
         tokens = model.stream(prompt_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed)
+                              top_p=args.top_p, seed=args.seed, crop_context=True)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     sys.stdout.write(args.prompt)

@@ -21,8 +21,12 @@ def left_pad(prompts, pad_id=0):
     for row, prompt in enumerate(prompts):
         ids[row, longest - len(prompt):] = prompt
         key_padding[row, longest - len(prompt):] = False
-    positions = np.maximum(np.cumsum(~key_padding, axis=1) - 1, 0)
-    return ids, key_padding, positions
+    return ids, key_padding, positions_after_padding(key_padding)
+
+
+def positions_after_padding(key_padding):
+    """(B, T) positions counting from 0 at each row's first token that is not padding (pads get 0)."""
+    return np.maximum(np.cumsum(~key_padding, axis=1) - 1, 0)
 
 
 class DecodingState:
@@ -113,33 +117,42 @@ def as_prompt_list(model, ids):
     return prompts, form
 
 
-def stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):
+def stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None,
+           crop_context=False):
     """An iterator over the next token of every row, (B,) int64, yielded as each is produced. A row that
     has produced one of `stop_tokens` repeats it until all rows have stopped or max_new_tokens is reached.
-    Arguments are checked here, before the first token is asked for."""
+    Arguments are checked here, before the first token is asked for.
+
+    crop_context: with learned positions, a sequence that outgrows max_seq_len is an error unless this is
+    True; then each new token is predicted from the last max_seq_len tokens, re-encoded at positions
+    0..max_seq_len-1 (nanoGPT's policy: the cache cannot be reused once positions shift, so every step
+    past the limit costs a forward pass over max_seq_len tokens)."""
     prompts, _ = as_prompt_list(model, ids)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     check_sampling_options(temperature, top_k, top_p)
     longest = max(len(prompt) for prompt in prompts)
     # The last new token is returned, never fed back, so the model sees longest + max_new_tokens - 1 positions.
-    if model.config.positional == "learned" and longest + max_new_tokens - 1 > model.config.max_seq_len:
+    position_limit = model.config.max_seq_len if model.config.positional == "learned" else None
+    if position_limit and longest + max_new_tokens - 1 > position_limit and not crop_context:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} needs "
-                         f"{longest + max_new_tokens - 1} positions, more than max_seq_len "
-                         f"{model.config.max_seq_len} (learned positions have no embedding beyond it)")
+                         f"{longest + max_new_tokens - 1} positions, more than max_seq_len {position_limit} "
+                         "(learned positions have no embedding beyond it; crop_context=True conditions on "
+                         "the last max_seq_len tokens instead)")
     stop_tokens = np.asarray([] if stop_tokens is None else list(stop_tokens), dtype=np.int64)
     rng = model.rng if seed is None else np.random.default_rng(seed)
-    return stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng)
+    return stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng,
+                         position_limit if crop_context else None)
 
 
-def stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng):
-    longest = max(len(prompt) for prompt in prompts)
-    padded, key_padding, positions = left_pad(prompts)
+def stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng, crop_at=None):
+    """The generator behind `stream`; crop_at: re-encode the last crop_at tokens once positions reach it."""
+    sequence, padding, positions = left_pad(prompts)
     was_training = model.training
     model.eval()
     try:
-        state = DecodingState(model, len(prompts), longest + max_new_tokens)
-        logits = decode(model, state, padded, key_padding, positions)
+        state = DecodingState(model, len(prompts), min(sequence.shape[1] + max_new_tokens, crop_at or np.inf))
+        logits = decode(model, state, sequence, padding, positions)
         finished = np.zeros(len(prompts), dtype=bool)
         last = np.zeros(len(prompts), dtype=np.int64)
         for step in range(max_new_tokens):
@@ -149,7 +162,15 @@ def stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, sto
             last = token
             if finished.all() or step == max_new_tokens - 1:
                 break
-            logits = decode(model, state, token[:, None])
+            sequence = np.concatenate([sequence, token[:, None]], axis=1)
+            padding = np.concatenate([padding, np.zeros((len(prompts), 1), dtype=bool)], axis=1)
+            if crop_at and state.next_positions.max() >= crop_at:
+                state = DecodingState(model, len(prompts), crop_at)
+                window_padding = padding[:, -crop_at:]
+                logits = decode(model, state, sequence[:, -crop_at:], window_padding,
+                                positions_after_padding(window_padding))
+            else:
+                logits = decode(model, state, token[:, None])
     finally:
         model.train(was_training)
 

@@ -280,9 +280,8 @@ def report(model, task, settings):
               f"(target >= 99%: {verdict})")
         return accuracy
     if settings["sample_tokens"] > 0:
-        prompt = start_ids(task.tokenizer, "")
-        length = min(settings["sample_tokens"], model.config.max_seq_len - len(prompt))
-        ids = model.generate(prompt, length, temperature=0.8, top_k=40, seed=settings["seed"])
+        ids = model.generate(start_ids(task.tokenizer, ""), settings["sample_tokens"], temperature=0.8, top_k=40,
+                             seed=settings["seed"], crop_context=True)
         print("sample:\n" + task.tokenizer.decode(ids.tolist()))
     return None
 

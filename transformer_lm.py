@@ -298,7 +298,8 @@ class TransformerLM(Module):
             span.penalty_backward()
         return self.gradients()
 
-    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):
+    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None,
+                 crop_context=False):
         """Continue each prompt by max_new_tokens tokens (fewer when every row hits a stop token),
         reusing keys and values through a KV cache.
 
@@ -306,14 +307,17 @@ class TransformerLM(Module):
              each row generated as if alone). Returns the prompt + new tokens in the same form.
         temperature 0 is greedy; top_k keeps the k most likely tokens; top_p keeps the smallest set
         whose probability reaches p. seed: a fresh Generator for this call (None -> self.rng).
+        crop_context: with learned positions, go past max_seq_len by conditioning on the last max_seq_len
+        tokens (nanoGPT's policy) instead of raising; see generation.stream.
         """
         return generation.generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, stop_tokens=stop_tokens, seed=seed)
+                                   top_p=top_p, stop_tokens=stop_tokens, seed=seed, crop_context=crop_context)
 
-    def stream(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None):
+    def stream(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None,
+               crop_context=False):
         """Like generate, but an iterator that yields the new token of every row, (B,), as it comes."""
         return generation.stream(self, ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, stop_tokens=stop_tokens, seed=seed)
+                                 top_p=top_p, stop_tokens=stop_tokens, seed=seed, crop_context=crop_context)
 
     @classmethod
     def from_pretrained(cls, path):

@@ -41,7 +41,8 @@ def test_streamed_text_equals_generate(char_checkpoint, capsys):
                    "--seed", "4", "--top-k", "5"])
     from checkpoint import load_model, load_tokenizer
     tokenizer = load_tokenizer(char_checkpoint)
-    ids = load_model(char_checkpoint).generate(tokenizer.encode("this"), 25, temperature=0.8, top_k=5, seed=4)
+    ids = load_model(char_checkpoint).generate(tokenizer.encode("this"), 25, temperature=0.8, top_k=5, seed=4,
+                                               crop_context=True)
     assert capsys.readouterr().out == tokenizer.decode(ids.tolist()) + "\n"
 
 
@@ -53,7 +54,7 @@ def test_byte_level_tokens_that_split_a_character_are_printed_whole(tmp_path, ca
     save_checkpoint(tmp_path / "ckpt", model, tokenizer=tokenizer)
     generate.main(["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "日本", "--max-new-tokens", "20",
                    "--seed", "1"])
-    ids = model.generate(tokenizer.encode("日本"), 20, temperature=0.8, seed=1)
+    ids = model.generate(tokenizer.encode("日本"), 20, temperature=0.8, seed=1, crop_context=True)
     assert capsys.readouterr().out == tokenizer.decode(ids.tolist()) + "\n"
 
 

@@ -169,3 +169,16 @@ def test_bad_sampling_arguments(options, message):
 def test_bad_prompts(prompt, error, message):
     with pytest.raises(error, match=message):
         make_model().generate(prompt, 3)
+
+
+def test_crop_context_conditions_on_the_last_max_seq_len_tokens():
+    model = make_model(positional="learned", dtype="float64").eval()   # max_seq_len 24
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    generated = model.generate(prompts, 40, temperature=0, crop_context=True)
+    for prompt, row in zip(prompts, generated):
+        # nanoGPT's loop: re-run the model on the last max_seq_len tokens for every new token.
+        ids = list(prompt)
+        while len(ids) < len(prompt) + 40:
+            window = np.array([ids[-24:]])
+            ids.append(int(model(window)[0, -1].argmax()))
+        assert row == ids
