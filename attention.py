@@ -27,19 +27,20 @@ KernelCache = namedtuple("KernelCache", "scaled_queries keys values probs span_m
 
 
 def softmax(scores):
-    """Numerically stable softmax over the last axis: subtracting the row maximum keeps exp() <= 1.
-    Entries at -inf (masked) come out exactly 0."""
-    exps = scores - scores.max(axis=-1, keepdims=True)
-    np.exp(exps, out=exps)  # in place: one (..., T, Tk) buffer fewer
-    exps /= exps.sum(axis=-1, keepdims=True)
-    return exps
+    """Numerically stable softmax over the last axis, computed in place (scores is overwritten and
+    returned): subtracting the row maximum keeps exp() <= 1. Entries at -inf (masked) come out exactly 0."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
 
 
 def softmax_backward(dprobs, probs):
-    # Jacobian-vector product of softmax: ds_j = p_j (dp_j - sum_k dp_k p_k).
-    dscores = dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True)
-    dscores *= probs
-    return dscores
+    """Jacobian-vector product of softmax, in place on dprobs: ds_j = p_j (dp_j - sum_k dp_k p_k).
+    einsum forms the row sums sum_k dp_k p_k without a (..., T, Tk) temporary."""
+    dprobs -= np.einsum("...ij,...ij->...i", dprobs, probs)[..., None]
+    dprobs *= probs
+    return dprobs
 
 
 def attend(scaled_queries, keys, values, blocked, dropout, span_mask=None):
