@@ -449,8 +449,8 @@ def median_seconds(function, repeats):
 
 def shakespeare_reproduction(quick):
     """Train nanoGPT's CPU quick-start config on tiny Shakespeare with train.py (2 threads, as the reference
-    run) and set the eval losses beside nanoGPT's from ../shared/reference. Returns Markdown lines."""
-    import tempfile
+    run) and set the eval losses beside nanoGPT's from ../shared/reference; then the same run with adaptive
+    attention spans, at equal steps. Returns Markdown lines."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent
@@ -465,6 +465,34 @@ def shakespeare_reproduction(quick):
             if len(cells) == 3 and cells[0].isdigit():
                 reference[int(cells[0])] = (float(cells[1]), float(cells[2]))
     flags = ["--max-iters", "200", "--eval-interval", "100"] if quick else []
+    full, full_seconds = train_run(root, corpus, flags)
+    adaptive, adaptive_seconds = train_run(root, corpus, [*flags, "--adaptive-span"])
+    lines = ["## Tiny Shakespeare, nanoGPT's CPU quick start", "",
+             "`python train.py --data ../shared/data/tinyshakespeare.txt --preset shakespeare-char-cpu` "
+             "(L4 H4 C128, B12 T64, 2000 iterations, lr 1e-3 -> 1e-4, 2 threads); nanoGPT's figures from "
+             "`../shared/reference/nanogpt-cpu-shakespeare-char.md`. Eval losses average 20 batches: a few "
+             "hundredths of noise. Last column: the same run with `--adaptive-span` (max span 64 = block size, "
+             "ramp 32, span loss 2e-6, as the reference implementation's defaults).", "",
+             "| iter | ours train | ours val | nanoGPT train | nanoGPT val | val difference | adaptive span val |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for row, adaptive_row in zip(full, adaptive):
+        theirs = reference.get(row["iter"])
+        their_cells = f"{theirs[0]:.4f} | {theirs[1]:.4f} | {row['val_loss'] - theirs[1]:+.4f}" if theirs else " | |"
+        lines.append(f"| {row['iter']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {their_cells} | "
+                     f"{adaptive_row['val_loss']:.4f} |")
+    lines += ["", f"Whole run {full_seconds:.0f} s wall including evaluation; median {full[-1]['ms_per_iter']:.1f} "
+              "ms/iter (nanoGPT's reference: 42.6 ms/iter, 3 min 05 s, on this kind of machine at 2 threads). "
+              f"With adaptive span: {adaptive_seconds:.0f} s, median {adaptive[-1]['ms_per_iter']:.1f} ms/iter.", "",
+              "Learned spans (tokens) per head at the end of the adaptive-span run:", ""]
+    lines += [f"- layer {layer}: " + ", ".join(f"{span:.1f}" for span in spans)
+              for layer, spans in enumerate(adaptive[-1]["spans"])]
+    return lines + [""]
+
+
+def train_run(root, corpus, flags):
+    """One train.py run on tiny Shakespeare at 2 threads: (rows of metrics.jsonl, wall seconds)."""
+    import tempfile
+    from pathlib import Path
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()
         completed = subprocess.run([sys.executable, str(root / "train.py"), "--data", str(corpus), "--preset",
@@ -474,21 +502,7 @@ def shakespeare_reproduction(quick):
         seconds = time.perf_counter() - start
         if completed.returncode:
             raise SystemExit(f"train.py failed:\n{completed.stderr}")
-        rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    lines = ["## Tiny Shakespeare, nanoGPT's CPU quick start", "",
-             "`python train.py --data ../shared/data/tinyshakespeare.txt --preset shakespeare-char-cpu` "
-             "(L4 H4 C128, B12 T64, 2000 iterations, lr 1e-3 -> 1e-4, 2 threads); nanoGPT's figures from "
-             "`../shared/reference/nanogpt-cpu-shakespeare-char.md`. Eval losses average 20 batches: a few "
-             "hundredths of noise.", "",
-             "| iter | ours train | ours val | nanoGPT train | nanoGPT val | val difference |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        theirs = reference.get(row["iter"])
-        their_cells = f"{theirs[0]:.4f} | {theirs[1]:.4f} | {row['val_loss'] - theirs[1]:+.4f}" if theirs else "| |"
-        lines.append(f"| {row['iter']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {their_cells} |")
-    lines += ["", f"Whole run {seconds:.0f} s wall including evaluation; median {rows[-1]['ms_per_iter']:.1f} "
-              "ms/iter (nanoGPT's reference: 42.6 ms/iter, 3 min 05 s, on this kind of machine at 2 threads).", ""]
-    return lines
+        return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()], seconds
 
 
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,

@@ -224,11 +224,15 @@ def others(names):
 
 
 def load_gpt2_tokenizer(directory, vocab_size):
-    """GPT-2's tokenizer from vocab.json + merges.txt in `directory`, or None when either file is absent."""
+    """GPT-2's tokenizer from vocab.json + merges.txt in `directory`, or from tokenizer.json (what current
+    transformers saves), or None when there is neither."""
     vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
-    if not (vocab_file.exists() and merges_file.exists()):
+    if vocab_file.exists() and merges_file.exists():
+        tokenizer = ByteBPETokenizer.from_files(vocab_file, merges_file)
+    elif (directory / "tokenizer.json").exists():
+        tokenizer = ByteBPETokenizer.from_tokenizer_json(directory / "tokenizer.json")
+    else:
         return None
-    tokenizer = ByteBPETokenizer.from_files(vocab_file, merges_file)
     if tokenizer.vocab_size > vocab_size:
         raise ValueError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
                          f"model's vocab_size {vocab_size}")

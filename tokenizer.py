@@ -535,6 +535,24 @@ class ByteBPETokenizer:
         except ValueError as error:
             raise ValueError(f"{vocab_source} and {merges_source} do not form a valid tokenizer: {error}") from None
 
+    @classmethod
+    def from_tokenizer_json(cls, path):
+        """Load the single-file format of the `tokenizers` library (tokenizer.json, which current
+        transformers saves for GPT-2 instead of vocab.json + merges.txt): its "model" holds the same
+        vocabulary and merges (each merge a "left right" string or a [left, right] pair), and its
+        "added_tokens" the special tokens."""
+        path = Path(path)
+        data = _read_json(path)
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            raise ValueError(f"{path}: expected a BPE tokenizer with a 'model' holding 'vocab' and 'merges'")
+        merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in model.get("merges", [])]
+        vocab = dict(model["vocab"])
+        for added in data.get("added_tokens") or []:
+            if isinstance(added, dict) and "content" in added and "id" in added:
+                vocab.setdefault(added["content"], added["id"])
+        return cls._from_tables(vocab, merges, path, path)
+
     def to_dict(self):
         """The contents of vocab.json and merges.txt as plain JSON, for checkpoints and token caches."""
         vocab_json = {_token_to_text(token): token_id for token, token_id in self._vocab.items()}

@@ -292,6 +292,18 @@ def test_tokenizer_is_attached_and_saved_again(gpt2_vocab_dir, tmp_path):
     assert TransformerLM.from_pretrained(tmp_path / "again").tokenizer.encode("Hello world") == [15496, 995]
 
 
+def test_tokenizer_json_alone_is_attached(gpt2_vocab_dir):
+    """Current transformers saves GPT-2's tokenizer as tokenizer.json only."""
+    vocab = json.loads((gpt2_vocab_dir / "vocab.json").read_text(encoding="utf-8"))
+    merges = (gpt2_vocab_dir / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    tokenizer_json = {"model": {"type": "BPE", "vocab": vocab, "merges": [line.split(" ") for line in merges if line]},
+                      "added_tokens": [{"id": 50256, "content": "<|endoftext|>", "special": True}]}
+    (gpt2_vocab_dir / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
+    (gpt2_vocab_dir / "vocab.json").unlink()
+    (gpt2_vocab_dir / "merges.txt").unlink()
+    assert TransformerLM.from_pretrained(gpt2_vocab_dir).tokenizer.encode("Hello world") == [15496, 995]
+
+
 def test_tokenizer_larger_than_the_vocabulary_is_refused(saved_dir):
     tokenizer_dir = require_shared("data/gpt2-tokenizer")
     for name in ("vocab.json", "merges.txt"):

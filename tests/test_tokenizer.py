@@ -441,3 +441,23 @@ def test_to_dict_round_trip_for_both_kinds():
         tokenizer_from_dict({"type": "wordpiece"})
     with pytest.raises(ValueError, match="the 'merges' entry, line 1"):
         ByteBPETokenizer.from_dict({"type": "byte_bpe", "vocab": bpe.to_dict()["vocab"], "merges": ["a b c"]})
+
+
+@pytest.mark.parametrize("merge_form", ["strings", "pairs"])
+def test_tokenizer_json_of_the_tokenizers_library_loads_like_the_two_files(tmp_path, merge_form):
+    directory = require_shared("data/gpt2-tokenizer")
+    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    merges = [line for line in (directory / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]
+    special = {"id": vocab.pop("<|endoftext|>"), "content": "<|endoftext|>", "special": True}
+    model = {"type": "BPE", "vocab": vocab,
+             "merges": merges if merge_form == "strings" else [line.split(" ") for line in merges]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": model, "added_tokens": [special]}),
+                                             encoding="utf-8")
+    loaded = ByteBPETokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+    reference = ByteBPETokenizer.from_files(directory / "vocab.json", directory / "merges.txt")
+    text = "Hello world, it's 2026 <|endoftext|> naïve café 日本語"
+    assert loaded.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all")
+    assert loaded.eot_token == 50256 and loaded.vocab_size == 50257
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece"}}), encoding="utf-8")
+    with pytest.raises(ValueError, match="expected a BPE tokenizer"):
+        ByteBPETokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
