@@ -196,13 +196,9 @@ def bench_generation(threads, quick, repeats, context):
 
 
 def uncached_generation_seconds(model, prompt, new_tokens):
-    """Greedy decoding the picoGPT way (the whole sequence again for every token), timed once: it is slow."""
-    import numpy as np
-    start = time.perf_counter()
-    ids = prompt
-    for _ in range(new_tokens):
-        ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
-    return time.perf_counter() - start
+    """Greedy decoding without the cache, timed once: it is slow."""
+    from generation import greedy_without_cache
+    return timed(lambda: greedy_without_cache(model, prompt, new_tokens))
 
 
 MID_SIZE = dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256)

@@ -59,6 +59,14 @@ def decode(model, state, ids, key_padding=None, positions=None):
     return hidden[:, -1] @ model.output_weight.T
 
 
+def greedy_without_cache(model, ids, steps):
+    """Greedy decoding the picoGPT way: the whole sequence goes through the model again for every new
+    token. ids (B, T) -> (B, T + steps). The reference the KV cache is tested and timed against."""
+    for _ in range(steps):
+        ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
+    return ids
+
+
 def check_sampling_options(temperature, top_k, top_p):
     if not (isinstance(temperature, (int, float)) and temperature >= 0.0):
         raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")

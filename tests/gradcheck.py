@@ -52,20 +52,23 @@ def check_gradients(loss_fn, analytic, arrays, rng, max_count=40):
     return errors
 
 
-def check_layer(layer, x, rng, reset_randomness=None, max_count=40):
+def check_layer(layer, x, rng, dropout_rng=None, max_count=40):
     """Gradient check of a layer with forward(x) / backward(dout) against L = sum(forward(x) * W)
-    for a fixed random W, over the input and every parameter. Returns name -> relative error."""
-    def loss_fn():
-        if reset_randomness:
-            reset_randomness()
-        return float(np.sum(layer.forward(x) * weights))
+    for a fixed random W, over the input and every parameter (its sub-modules' included).
 
-    if reset_randomness:
-        reset_randomness()
-    weights = rng.standard_normal(layer.forward(x).shape)
+    dropout_rng: the Generator the layer's dropout draws from, rewound before every forward pass so
+    that every evaluation uses the same masks. Returns name -> relative error.
+    """
+    state = None if dropout_rng is None else dropout_rng.bit_generator.state
+
+    def forward():
+        if state is not None:
+            dropout_rng.bit_generator.state = state
+        return layer.forward(x)
+
+    weights = rng.standard_normal(forward().shape)
     layer.zero_grad()
-    if reset_randomness:
-        reset_randomness()
-    layer.forward(x)
-    analytic = {"input": layer.backward(weights), **{name: grad.copy() for name, grad in layer.grads.items()}}
-    return check_gradients(loss_fn, analytic, {"input": x, **layer.params}, rng, max_count)
+    forward()
+    analytic = {"input": layer.backward(weights), **{name: grad.copy() for name, grad in layer.gradients().items()}}
+    return check_gradients(lambda: float(np.sum(forward() * weights)), analytic,
+                           {"input": x, **layer.parameters()}, rng, max_count)

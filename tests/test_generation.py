@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from generation import DecodingState, decode, left_pad, next_token_probabilities, sample_next
+from generation import DecodingState, decode, greedy_without_cache, left_pad, next_token_probabilities, sample_next
 from transformer_lm import TransformerConfig, TransformerLM
 
 VARIANTS = [dict(norm_first=norm_first, positional=positional)
@@ -11,14 +11,6 @@ VARIANTS = [dict(norm_first=norm_first, positional=positional)
 def make_model(seed=0, **overrides):
     config = dict(vocab_size=23, d_model=16, n_heads=4, n_layers=2, max_seq_len=24, dropout=0.1, init="gpt2")
     return TransformerLM(TransformerConfig(**{**config, **overrides}), seed=seed)
-
-
-def greedy_by_full_recompute(model, prompt, steps):
-    """The picoGPT way: re-run the whole sequence for every new token."""
-    ids = np.asarray(prompt)[None]
-    for _ in range(steps):
-        ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
-    return ids[0]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -45,7 +37,7 @@ def test_left_padded_batch_matches_each_prompt_alone(variant):
     batch = model.generate(prompts, 8, temperature=0)
     for prompt, row in zip(prompts, batch):
         assert row == model.generate([prompt], 8, temperature=0)[0]
-        np.testing.assert_array_equal(row, greedy_by_full_recompute(model.eval(), prompt, 8))
+        np.testing.assert_array_equal(row, greedy_without_cache(model.eval(), np.array([prompt]), 8)[0])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -95,7 +87,7 @@ def test_same_seed_same_output_and_stream_matches_generate():
 def test_temperature_zero_is_greedy_and_tiny_temperature_matches_it():
     model = make_model(dtype="float64")
     greedy = model.generate([4, 2], 10, temperature=0)
-    np.testing.assert_array_equal(greedy, greedy_by_full_recompute(model.eval(), [4, 2], 10))
+    np.testing.assert_array_equal(greedy, greedy_without_cache(model.eval(), np.array([[4, 2]]), 10)[0])
     np.testing.assert_array_equal(model.generate([4, 2], 10, temperature=1e-8, seed=3), greedy)
 
 

@@ -3,10 +3,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from gradcheck import RELATIVE_ERROR_BOUND, check_gradients
+from gradcheck import RELATIVE_ERROR_BOUND, check_gradients, check_layer
 
 from attention import CausalSelfAttention, KVCache
-from generation import DecodingState, decode, left_pad
+from generation import DecodingState, decode, greedy_without_cache, left_pad
 from sparse_attention import (
     AdaptiveSpan,
     Fixed,
@@ -131,30 +131,13 @@ def test_changing_later_tokens_leaves_earlier_outputs_unchanged(name):
     np.testing.assert_allclose(layer.forward(x)[:, :8], layer.forward(changed)[:, :8], atol=1e-12)
 
 
-def layer_gradient_errors(layer, x, rng, reset_randomness=lambda: None):
-    """Finite differences over the input and every parameter of the layer, its pattern's included."""
-    def loss():
-        reset_randomness()
-        return float(np.sum(layer.forward(x) * weights))
-
-    weights = rng.standard_normal(x.shape)
-    layer.zero_grad()
-    loss()
-    analytic = {"input": layer.backward(weights), **{name: grad.copy() for name, grad in layer.gradients().items()}}
-    return check_gradients(loss, analytic, {"input": x, **layer.parameters()}, rng, max_count=25)
-
-
 @pytest.mark.parametrize("name,dropout", [(name, 0.0) for name in LAYER_PATTERNS] + [("strided", 0.2),
                                                                                       ("adaptive span", 0.2)])
 def test_layer_gradient_check(name, dropout):
     layer = make_layer(LAYER_PATTERNS[name](), dropout=dropout, seed=4)
-    state = layer.attention_dropout.rng.bit_generator.state
-
-    def reset():
-        layer.attention_dropout.rng.bit_generator.state = state
-
     rng = np.random.default_rng(5)
-    errors = layer_gradient_errors(layer, rng.standard_normal((2, 13, 8)), rng, reset)
+    errors = check_layer(layer, rng.standard_normal((2, 13, 8)), rng, dropout_rng=layer.attention_dropout.rng,
+                         max_count=25)
     assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
     assert ("pattern.span" in errors) == (name == "adaptive span")
 
@@ -248,13 +231,6 @@ def test_clamp_spans_and_span_summary():
     assert span_summary(small_model("sliding")) == []
 
 
-def greedy_by_full_recompute(model, prompt, steps):
-    ids = np.asarray(prompt)[None]
-    for _ in range(steps):
-        ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
-    return ids[0]
-
-
 @pytest.mark.parametrize("pattern", MODEL_PATTERNS)
 def test_cached_logits_equal_the_full_forward_at_every_step(pattern):
     model = small_model(pattern, seed=2).eval()
@@ -290,7 +266,7 @@ def test_sliding_generation_runs_past_max_seq_len_in_a_rolling_cache():
     model = small_model("sliding", seed=4, positional="sinusoidal")
     generated = model.generate([1, 2, 3, 4, 5], 30, temperature=0)
     assert len(generated) == 35 > model.config.max_seq_len
-    np.testing.assert_array_equal(generated, greedy_by_full_recompute(model.eval(), [1, 2, 3, 4, 5], 30))
+    np.testing.assert_array_equal(generated, greedy_without_cache(model.eval(), np.array([[1, 2, 3, 4, 5]]), 30)[0])
     assert DecodingState(model, 1, 35).kv_caches[0].keys.shape[2] == 3  # window slots, not 35
 
 
