@@ -185,13 +185,13 @@ def bench_generation(threads, quick, repeats, context):
                          "tokens", ours=our_times, theirs=their_times,
                          note=f"tokens/s ours {tokens / median(our_times):.1f}, torch "
                               f"{tokens / median(their_times):.1f}; same tokens as torch: {same}"))
-    if batch_size == 1:
-        uncached = uncached_generation_seconds(model, prompt, new_tokens)
-        rows.append(dict(section="generation, no cache", case=f"GPT-2 small, B=1, 64 + {new_tokens} tokens",
-                         ours=[uncached], theirs=rows[0]["ours"],
-                         note=f"'PyTorch' column = ours WITH the KV cache: the cache is "
-                              f"{uncached / median(rows[0]['ours']):.1f}x faster; tokens/s without "
-                              f"{new_tokens / uncached:.1f}"))
+        if batch_size == 1:
+            uncached = uncached_generation_seconds(model, prompt, new_tokens)
+            rows.append(dict(section="generation, no cache", case=f"GPT-2 small, B=1, 64 + {new_tokens} tokens",
+                             ours=[uncached], theirs=our_times,
+                             note=f"'PyTorch' column = ours WITH the KV cache: the cache is "
+                                  f"{uncached / median(our_times):.1f}x faster; tokens/s without "
+                                  f"{new_tokens / uncached:.1f}"))
     return rows
 
 
@@ -217,20 +217,27 @@ def analytic_training_bytes(config, batch_size):
     return 4 * (4 * parameters + activations)
 
 
+def peak_rss_megabytes():
+    """This process's peak resident memory. VmHWM from /proc (Linux) rather than ru_maxrss, which a
+    process started by a larger one inherits from it across fork and exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status: the memory benchmark needs Linux")
+
+
 def memory_probe(side):
     """Runs in its own process: peak RSS growth over three training steps at the mid-size config."""
-    import resource
-
     import numpy as np
     import torch
 
     from transformer_lm import TransformerConfig
     config = TransformerConfig.from_preset("nanogpt-cpu", **MID_SIZE)
     torch.set_num_threads(1)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_rss_megabytes()
     time_training_steps(np, torch, config, MID_BATCH, 3, only=side)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"megabytes": (peak - baseline) / 1024}))
+    print(json.dumps({"megabytes": peak_rss_megabytes() - baseline}))
 
 
 def bench_memory(threads, quick, repeats, context):
@@ -555,7 +562,8 @@ def markdown_table(results, command):
         lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
                   "| benchmark | case | ours (ms) | PyTorch (ms) | ratio | note |", "|---|---|---:|---:|---:|---|"]
         for row in result["rows"]:
-            ratio = f"{median(row['ours']) / median(row['theirs']):.2f}" if row["theirs"] else "-"
+            measured_peer = bool(row["theirs"]) and median(row["theirs"]) > 0
+            ratio = f"{median(row['ours']) / median(row['theirs']):.2f}" if measured_peer else "-"
             lines.append(f"| {row['section']} | {row['case']} | {milliseconds(row['ours'])} | "
                          f"{milliseconds(row['theirs'])} | {ratio} | {row['note']} |")
         lines.append("")
@@ -584,6 +592,9 @@ def main(argv=None):
         if completed.returncode:
             raise SystemExit(f"benchmark worker failed:\n{completed.stderr}")
         results[threads] = json.loads(completed.stdout.strip().splitlines()[-1])
+        # The raw seconds, kept even if anything below fails: hours of measurement are not to be lost.
+        with open(os.path.splitext(args.output)[0] + ".json", "w") as file:
+            json.dump(results, file, indent=1)
     text = markdown_table(results, " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]))
     if args.shakespeare:
         print("training on tiny Shakespeare ...", file=sys.stderr)
