@@ -10,14 +10,12 @@ Command line:
     python data.py prepare PATH                     encode a text file, print token counts
 """
 import argparse
-import contextlib
 import hashlib
 import http.client
 import json
 import os
 import stat
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic_files import atomic_output
 from tokenizer import CharTokenizer
 from transformer_lm import IGNORE_INDEX
 
@@ -243,7 +242,7 @@ def _write_token_cache(text_path, source_stat, tokenizer, token_path):
     metadata_path = _metadata_path(token_path)
     metadata_path.unlink(missing_ok=True)
     n_tokens = 0
-    with _atomic_output(token_path) as token_file:
+    with atomic_output(token_path) as token_file:
         for chunk in _read_text_chunks(text_path):
             ids = np.asarray(tokenizer.encode(chunk), dtype=np.int64)
             ids.astype(TOKEN_DTYPE).tofile(token_file)
@@ -256,7 +255,7 @@ def _write_token_cache(text_path, source_stat, tokenizer, token_path):
         "dtype": "uint16",
         "tokenizer": _as_json(tokenizer.to_dict()),
     }
-    with _atomic_output(metadata_path) as metadata_file:
+    with atomic_output(metadata_path) as metadata_file:
         metadata_file.write(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
     return n_tokens
 
@@ -264,24 +263,6 @@ def _write_token_cache(text_path, source_stat, tokenizer, token_path):
 def _open_token_file(token_path, n_tokens, tokenizer, val_fraction):
     tokens = np.memmap(token_path, dtype=TOKEN_DTYPE, mode="r", shape=(n_tokens,))
     return TokenDataset(tokens, tokenizer, val_fraction, token_path=token_path)
-
-
-@contextlib.contextmanager
-def _atomic_output(path):
-    """A binary file to write that appears at ``path`` only if the ``with`` block succeeds.
-
-    It is a temporary file in the same directory, renamed over ``path`` at the end (os.replace is atomic
-    within one file system); on any error it is deleted and ``path`` is left as it was.
-    """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(descriptor, "wb") as output:
-            yield output
-        os.chmod(temporary, 0o644)  # mkstemp makes owner-only files; these are ordinary data files
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,7 +378,7 @@ def download_shakespeare(cache_dir=None, url=SHAKESPEARE_URL, progress=True,
         return destination
 
     directory.mkdir(parents=True, exist_ok=True)
-    with _atomic_output(destination) as output:
+    with atomic_output(destination) as output:
         received, sha256 = _stream_download(url, output, progress)
         if received != expected_size:
             raise DownloadError(f"{url}: received {received:,} bytes, expected {expected_size:,}")

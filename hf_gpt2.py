@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from safetensors_io import load_file, save_file, write_atomically
+from atomic_files import atomic_output
+from safetensors_io import load_file, save_file
 from tokenizer import ByteBPETokenizer
 from transformer_lm import TransformerConfig
 
@@ -281,7 +282,8 @@ def save_pretrained(model, path):
     if tokenizer is not None:
         tokenizer.save(directory)
     config_text = json.dumps(gpt2_config(config, tokenizer), indent=2) + "\n"
-    write_atomically(str(directory / "config.json"), [config_text.encode("utf-8")])
+    with atomic_output(directory / "config.json") as output:
+        output.write(config_text.encode("utf-8"))
 
 
 def gpt2_config(config, tokenizer):

@@ -29,7 +29,6 @@ read once into memory and the arrays are writable views of that copy.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import mmap
@@ -41,6 +40,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
+
+from atomic_files import atomic_output
 
 # The official implementation refuses headers above 100 MB; a bigger length field means a corrupt file.
 MAX_HEADER_BYTES = 100_000_000
@@ -152,14 +153,11 @@ def save_file(
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
 
-    def chunks():
-        yield struct.pack("<Q", len(header_bytes))
-        yield header_bytes
-        # A generator, so that only one converted tensor is held in memory at a time.
-        for name in names:
-            yield _stored_bytes(tensors[name], dtype_names[name])
-
-    write_atomically(os.fspath(path), chunks())
+    with atomic_output(path) as output:
+        output.write(struct.pack("<Q", len(header_bytes)))
+        output.write(header_bytes)
+        for name in names:  # one converted tensor in memory at a time
+            output.write(_stored_bytes(tensors[name], dtype_names[name]))
 
 
 def _stored_dtype_names(tensors, bf16_names):
@@ -219,38 +217,6 @@ def _float_to_bf16_bits(tensor):
     # A NaN whose payload sits only in the dropped half would round to infinity: store a quiet NaN, same sign.
     quiet_nan = ((bits >> 16) & 0x8000) | 0x7FC0
     return np.where(np.isnan(values), quiet_nan, rounded).astype("<u2")
-
-
-def write_atomically(path, chunks):
-    """Write the byte chunks to `path` so that readers see either the old file or the complete new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary_path = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
-    # O_EXCL never clobbers an existing file; mode 0o666 lets the umask set the permissions, as open() would.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
-    descriptor = os.open(temporary_path, flags, 0o666)
-    try:
-        with open(descriptor, "wb") as file:
-            for chunk in chunks:
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary_path)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable: on POSIX it lives in the directory, which has its own buffers."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # ----------------------------------------------------------------------------------------------------------
