@@ -163,7 +163,7 @@ class AttentionPattern(Module):
                                        self.span_mask(layout))
             outputs.append(layout.scatter_queries(out))
             self.cache.append((group.heads, layout, kernel_cache))
-        return np.concatenate(outputs, axis=1)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
     def backward(self, dout):
         """dout (B, H, T, D) -> gradients with respect to scaled_queries, keys and values, (B, H, T, D) each."""
@@ -175,6 +175,8 @@ class AttentionPattern(Module):
             dscaled_queries.append(layout.scatter_queries(dgroup_queries))
             dkeys.append(layout.scatter_keys(dgroup_keys))
             dvalues.append(layout.scatter_keys(dgroup_values))
+        if len(self.cache) == 1:  # one head group (full attention): nothing to join, no copy
+            return dscaled_queries[0], dkeys[0], dvalues[0]
         return tuple(np.concatenate(grads, axis=1) for grads in (dscaled_queries, dkeys, dvalues))
 
     def dense_weights(self):

@@ -55,8 +55,12 @@ def decode(model, state, ids, key_padding=None, positions=None):
     if positions is None:
         positions = state.next_positions + np.arange(ids.shape[1])
     state.next_positions = positions[:, -1:] + 1
-    hidden = model.decoder.forward(ids, positions, state.kv_caches, key_padding)
-    return hidden[:, -1] @ model.output_weight.T
+    last = model.decoder.forward(ids, positions, state.kv_caches, key_padding)[:, -1]    # (B, C)
+    if len(last) == 1:
+        return last @ model.output_weight.T
+    # For a few rows, OpenBLAS streams the (V, C) vocabulary matrix faster as (V, C) @ (C, B), transposed
+    # back, than as (B, C) @ (C, V): about 25% at B = 8; for one row the usual order is faster.
+    return (model.output_weight @ last.T).T
 
 
 def greedy_without_cache(model, ids, steps):

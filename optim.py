@@ -94,12 +94,21 @@ class AdamW:
             exp_avg_sq = self.exp_avg_sq[name]
             if self.decays(name):
                 param *= 1.0 - lr * self.weight_decay
+            # The same formulas as in the class docstring, written with one scratch array per parameter
+            # instead of a fresh temporary for every operation.
+            scratch = grad * (1.0 - self.beta1)
             exp_avg *= self.beta1
-            exp_avg += (1.0 - self.beta1) * grad
+            exp_avg += scratch
+            np.multiply(grad, grad, out=scratch)
+            scratch *= 1.0 - self.beta2
             exp_avg_sq *= self.beta2
-            exp_avg_sq += (1.0 - self.beta2) * grad * grad
-            denominator = np.sqrt(exp_avg_sq) / sqrt_bias_correction2 + self.eps
-            param -= step_size * exp_avg / denominator
+            exp_avg_sq += scratch
+            np.sqrt(exp_avg_sq, out=scratch)
+            scratch *= 1.0 / sqrt_bias_correction2
+            scratch += self.eps                                   # the denominator
+            np.divide(exp_avg, scratch, out=scratch)
+            scratch *= step_size
+            param -= scratch
 
     def state_dict(self):
         """The optimizer's state as a flat dict of arrays and numbers, storable with ``np.savez``.
