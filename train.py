@@ -22,7 +22,7 @@ import numpy as np
 from checkpoint import CheckpointError, load_config, load_tokenizer, load_training_state, save_checkpoint
 from data import SortingTask, prepare_text_dataset
 from generate import start_ids
-from optim import AdamW, clip_grad_norm, lr_schedule
+from optim import AdamW, accumulate_grads, clip_grad_norm, lr_schedule
 from sparse_attention import clamp_spans, span_summary
 from tokenizer import ByteBPETokenizer
 from transformer_lm import TransformerConfig, TransformerLM
@@ -259,12 +259,7 @@ def accumulate_step(model, task, settings, rng):
     total_loss, total_grads = 0.0, None
     for _ in range(steps):
         total_loss += model.loss(*task.get_batch("train", settings["batch_size"], rng)) / steps
-        grads = model.backward()
-        if total_grads is None:
-            total_grads = {name: grad / steps for name, grad in grads.items()}
-        else:
-            for name, grad in grads.items():
-                total_grads[name] += grad / steps
+        total_grads = accumulate_grads(total_grads, model.backward(), scale=1.0 / steps)
     return total_loss, total_grads
 
 
