@@ -96,14 +96,7 @@ class CharTokenizer:
 
     def decode(self, ids):
         """Sequence of ids (ints or NumPy integers) -> str."""
-        chars = self.chars
-        pieces = []
-        for token_id in ids:
-            # The explicit check matters: a negative id would otherwise index from the end.
-            if not 0 <= token_id < len(chars):
-                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(chars)})")
-            pieces.append(chars[token_id])
-        return "".join(pieces)
+        return "".join(_look_up(self.chars, ids))
 
     def to_dict(self):
         """Plain JSON-serializable description; ``from_dict`` rebuilds an identical tokenizer."""
@@ -125,6 +118,17 @@ class CharTokenizer:
     def load(cls, path):
         """Read a tokenizer written by ``save``."""
         return cls.from_dict(_read_json(Path(path)))
+
+
+def _look_up(table, ids):
+    """[table[id] for id in ids], refusing ids outside [0, len(table)) (a negative one would otherwise
+    index from the end)."""
+    pieces = []
+    for token_id in ids:
+        if not 0 <= token_id < len(table):
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(table)})")
+        pieces.append(table[token_id])
+    return pieces
 
 
 def _check_single_character(value, what):
@@ -432,14 +436,7 @@ class ByteBPETokenizer:
 
     def decode_bytes(self, ids):
         """Ids -> the raw bytes they stand for (a token may hold part of a UTF-8 character)."""
-        id_to_bytes = self._id_to_bytes
-        pieces = []
-        for token_id in ids:
-            # The explicit check matters: a negative id would otherwise index from the end.
-            if not 0 <= token_id < len(id_to_bytes):
-                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(id_to_bytes)})")
-            pieces.append(id_to_bytes[token_id])
-        return b"".join(pieces)
+        return b"".join(_look_up(self._id_to_bytes, ids))
 
     def decode(self, ids):
         """Ids -> str. Byte sequences that are not valid UTF-8 become U+FFFD, as in GPT-2."""
