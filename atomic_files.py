@@ -1,8 +1,15 @@
-"""Files that appear whole or not at all, so that a crash or an error never leaves half a file behind."""
+"""Files that appear whole or not at all, so that a crash or an error never leaves half a file behind, and a
+lock that keeps a second process out of a directory in use."""
 import contextlib
 import os
+import socket
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 
 @contextlib.contextmanager
@@ -36,5 +43,37 @@ def fsync_directory(directory):
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock; `holder` says which ("pid 123 on host")."""
+
+    def __init__(self, path, holder):
+        super().__init__(f"{path} is held by {holder}")
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path):
+    """Hold an advisory lock on the file `path` (created if missing) for the `with` block, or raise LockHeld at
+    once when another process holds it.
+
+    It is a POSIX flock, which the kernel drops when its holder exits however it exits: a lock file that a
+    killed run left behind is simply taken over. The file records the holder's pid and host for the message
+    a second process gets. Without fcntl (Windows) nothing is locked.
+    """
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(descriptor, 256).decode("utf-8", "replace").strip()
+                raise LockHeld(path, holder or "another process") from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
     finally:
         os.close(descriptor)

@@ -265,23 +265,37 @@ class KVCache:
     a new token attends to the past without recomputing it: O(T * C) work per token instead of a whole
     forward pass.
 
-    Buffers keys, values (B, H, capacity, D) and positions (B, capacity) are allocated once; position -1
-    marks a slot without a key (not filled yet, or a padding token). A rolling cache, for a pattern that
-    never looks back more than `capacity` keys (a sliding window), reuses its oldest slot once full, so
-    decoding goes on in constant memory.
+    Buffers keys, values (B, H, slots, D) and positions (B, slots); position -1 marks a slot without a key
+    (not filled yet, or a padding token). A plain cache starts empty and at least doubles its slots when
+    full, up to `capacity`, so its memory follows the tokens actually appended, not the most that might
+    come. A rolling cache, for a pattern that never looks back more than `capacity` keys (a sliding
+    window), holds `capacity` slots from the start and reuses its oldest once full, so decoding goes on
+    in constant memory.
     """
 
     def __init__(self, batch_size, n_heads, capacity, head_dim, dtype, rolling=False):
-        self.keys = np.zeros((batch_size, n_heads, capacity, head_dim), dtype=dtype)
+        slots = capacity if rolling else 0
+        self.keys = np.zeros((batch_size, n_heads, slots, head_dim), dtype=dtype)
         self.values = np.zeros_like(self.keys)
-        self.positions = np.full((batch_size, capacity), -1, dtype=np.int64)
+        self.positions = np.full((batch_size, slots), -1, dtype=np.int64)
+        self.capacity = capacity
         self.rolling = rolling
         self.length = 0  # tokens appended so far
+
+    def grow(self, slots):
+        """Move the filled slots into buffers of `slots` slots."""
+        keys = np.zeros(self.keys.shape[:2] + (slots,) + self.keys.shape[3:], dtype=self.keys.dtype)
+        values = np.zeros_like(keys)
+        positions = np.full((len(self.positions), slots), -1, dtype=np.int64)
+        keys[:, :, :self.length] = self.keys[:, :, :self.length]
+        values[:, :, :self.length] = self.values[:, :, :self.length]
+        positions[:, :self.length] = self.positions[:, :self.length]
+        self.keys, self.values, self.positions = keys, values, positions
 
     def append(self, keys, values, positions):
         """Store keys, values (B, H, T, D) of the tokens at positions (B, T). Returns the keys, values
         (B, H, Tk, D) and positions (B, Tk) that the new tokens' queries may need (in any order)."""
-        T, capacity = keys.shape[2], self.keys.shape[2]
+        T, capacity = keys.shape[2], self.capacity
         if self.rolling:
             # The new queries need the stored keys and each other's; afterwards the last `capacity` stay.
             needed = (np.concatenate([self.keys, keys], axis=2), np.concatenate([self.values, values], axis=2),
@@ -295,6 +309,9 @@ class KVCache:
         end = self.length + T
         if end > capacity:
             raise ValueError(f"KV cache is full: {end} positions requested, capacity {capacity}")
+        if end > self.keys.shape[2]:
+            # Doubling keeps the copying amortized O(1) per token.
+            self.grow(min(capacity, max(end, 2 * self.keys.shape[2])))
         self.keys[:, :, self.length:end] = keys
         self.values[:, :, self.length:end] = values
         self.positions[:, self.length:end] = positions

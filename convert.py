@@ -8,6 +8,7 @@ GPT-2's byte-level BPE tokenizer) loads with transformers.GPT2LMHeadModel.from_p
 GPT-2-shaped models can be exported: pre-LN (norm_first) with learned positions.
 """
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -54,10 +55,21 @@ def summary(model):
     return "\n".join(lines)
 
 
+def check_out_dir(checkpoint_dir, out):
+    """Refuse an export into the checkpoint's directory (as given, or the copy of it that is read) or the run
+    directory holding it: the export's config.json would replace the checkpoint's, or be found before it."""
+    found = checkpoint.resolve_directory(checkpoint_dir).resolve()
+    given = Path(checkpoint_dir).resolve()
+    if Path(out).resolve() in (given, given / "checkpoint", found, found.parent):
+        raise ValueError(f"--out {out} is where the checkpoint {checkpoint_dir} is found, and the export's "
+                         "config.json would replace or hide the checkpoint's; export to a directory of its own")
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         if args.checkpoint:
+            check_out_dir(args.checkpoint, args.out)
             model = checkpoint.load_model(args.checkpoint)
             model.tokenizer = checkpoint.load_tokenizer(args.checkpoint)
             model.save_pretrained(args.out)

@@ -84,6 +84,16 @@ class TokenDataset:
             return self.val_tokens
         raise ValueError(f"split must be 'train' or 'val', got {name!r}")
 
+    def check_block_size(self, block_size, splits=("train", "val")):
+        """Raise ValueError unless every split holds at least one window of block_size tokens and its
+        targets (block_size + 1 tokens). A trainer calls this before training, not at the first batch."""
+        _check_positive_int(block_size, "block_size")
+        for split in splits:
+            n_tokens = len(self.split(split))
+            if n_tokens < block_size + 1:
+                raise ValueError(f"the {split} split has {n_tokens} tokens, fewer than block_size + 1 = "
+                                 f"{block_size + 1} (one window and its next-token targets)")
+
     def get_batch(self, split, batch_size, block_size, rng):
         """Random windows of the split, as in nanoGPT: x = tokens[s : s+T], y = tokens[s+1 : s+T+1].
 
@@ -92,13 +102,9 @@ class TokenDataset:
         """
         data = self.split(split)
         _check_positive_int(batch_size, "batch_size")
-        _check_positive_int(block_size, "block_size")
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if len(data) < block_size + 1:
-            raise ValueError(
-                f"the {split} split has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}"
-            )
+        self.check_block_size(block_size, splits=(split,))
         starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,)
         positions = starts[:, None] + np.arange(block_size)  # (B, T)
         # Fancy indexing a memmap reads only the pages holding these windows.
@@ -123,12 +129,8 @@ def prepare_text_dataset(text_path, tokenizer=None, val_fraction=0.1, cache_dir=
     tokenizer argument, any valid cache of the same text is reused together with the tokenizer it records.
     """
     text_path = Path(text_path)
-    if not text_path.is_file():
-        raise FileNotFoundError(f"text file not found: {text_path}")
+    source_stat = check_text_file(text_path)
     _check_val_fraction(val_fraction)
-    source_stat = text_path.stat()
-    if source_stat.st_size == 0:
-        raise ValueError(f"text file is empty: {text_path}")
     if cache_dir is None:
         cache_dir = default_cache_dir()
     expected_tokenizer = None if tokenizer is None else _as_json(tokenizer.to_dict())
@@ -140,11 +142,17 @@ def prepare_text_dataset(text_path, tokenizer=None, val_fraction=0.1, cache_dir=
 
     for token_path in (beside_text, in_cache_dir):
         metadata = _fresh_cache_metadata(token_path, source_stat, expected_tokenizer)
-        # Without a tokenizer argument the text is character-level: a cache made with another kind won't do.
-        if metadata is not None and (tokenizer is not None or metadata["tokenizer"].get("type") == "char"):
-            if tokenizer is None:
-                tokenizer = CharTokenizer.from_dict(metadata["tokenizer"])
+        if metadata is None:
+            continue
+        if tokenizer is not None:
             return _open_token_file(token_path, metadata["n_tokens"], tokenizer, val_fraction)
+        # Without a tokenizer argument the text is character-level: a cache made with another kind won't do,
+        # and neither will a damaged record of one (rebuilt below).
+        try:
+            cached_tokenizer = CharTokenizer.from_dict(metadata["tokenizer"])
+        except (TypeError, ValueError):
+            continue
+        return _open_token_file(token_path, metadata["n_tokens"], cached_tokenizer, val_fraction)
 
     if tokenizer is None:
         tokenizer = _char_tokenizer_for_file(text_path)
@@ -160,6 +168,31 @@ def prepare_text_dataset(text_path, tokenizer=None, val_fraction=0.1, cache_dir=
         token_path.parent.mkdir(parents=True, exist_ok=True)
     n_tokens = _write_token_cache(text_path, source_stat, tokenizer, token_path)
     return _open_token_file(token_path, n_tokens, tokenizer, val_fraction)
+
+
+def check_text_file(text_path):
+    """The ``os.stat`` of ``text_path`` if it is a readable, non-empty regular file; else FileNotFoundError,
+    IsADirectoryError, PermissionError or ValueError saying which. (Whether it is UTF-8 shows when it is read.)"""
+    text_path = Path(text_path)
+    try:
+        source_stat = text_path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"text file not found: {text_path}") from None
+    if stat.S_ISDIR(source_stat.st_mode):
+        raise IsADirectoryError(f"{text_path} is a directory, expected a UTF-8 text file")
+    if not stat.S_ISREG(source_stat.st_mode):
+        raise ValueError(f"{text_path} is not a regular file, expected a UTF-8 text file")
+    if source_stat.st_size == 0:
+        raise ValueError(f"text file is empty: {text_path}")
+    if not os.access(text_path, os.R_OK):
+        raise PermissionError(f"text file is not readable (permission denied): {text_path}")
+    return source_stat
+
+
+def read_text_file(text_path):
+    """The whole text of a UTF-8 file, line endings kept as they are (like the token files)."""
+    check_text_file(text_path)
+    return "".join(_read_text_chunks(text_path))
 
 
 def _check_val_fraction(val_fraction):
@@ -224,11 +257,14 @@ def _fresh_cache_metadata(token_path, source_stat, expected_tokenizer):
         return None  # absent or unreadable: rebuild
     if not isinstance(metadata, dict):
         return None
+    n_tokens = metadata.get("n_tokens")
     fresh = (
         metadata.get("source_size") == source_stat.st_size
         and metadata.get("source_mtime_ns") == source_stat.st_mtime_ns
-        and metadata.get("n_tokens", -1) * TOKEN_DTYPE().itemsize == token_file_bytes
-        and (expected_tokenizer is None or metadata.get("tokenizer") == expected_tokenizer)
+        and isinstance(n_tokens, int) and not isinstance(n_tokens, bool)
+        and n_tokens * TOKEN_DTYPE().itemsize == token_file_bytes
+        and isinstance(metadata.get("tokenizer"), dict)
+        and (expected_tokenizer is None or metadata["tokenizer"] == expected_tokenizer)
     )
     return metadata if fresh else None
 

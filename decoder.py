@@ -51,10 +51,14 @@ class Decoder(Module):
         self.dropout = Dropout(config.dropout, rng)
         self.blocks = [DecoderBlock(config, rng) for _ in range(config.n_layers)]
         self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps, dtype) if config.norm_first else None
+        # Forward passes so far: every pass overwrites the layers' caches, so a model can tell whether
+        # they still hold the pass its pending loss() made (TransformerLM.backward).
+        self.passes = 0
 
     def forward(self, ids, positions=None, kv_caches=None, key_padding=None):
         """ids: (B, T). positions: (T,) or (B, T), default 0..T-1. positions, kv_caches (one KVCache per
         block) and key_padding (B, T) serve incremental decoding; see CausalSelfAttention.forward."""
+        self.passes += 1
         embedded_positions = np.arange(ids.shape[1]) if positions is None else positions
         x = self.token_embedding.forward(ids) + self.position_embedding.forward(embedded_positions)
         x = self.dropout.forward(x)

@@ -58,21 +58,25 @@ def main(argv=None):
     model, tokenizer = load(args)
     try:
         prompt_ids = start_ids(tokenizer, args.prompt)
-        # Past max_seq_len, condition on the last max_seq_len tokens rather than stop (nanoGPT's policy).
+        # Past max_seq_len (a long prompt too), condition on the last max_seq_len tokens (nanoGPT's policy).
         tokens = model.stream(prompt_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, crop_context=True)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     sys.stdout.write(args.prompt)
     generated, printed = [], ""
-    for token in tokens:
-        generated.append(int(token[0]))
-        text = tokenizer.decode(generated)
-        # A byte-level token can end inside a multi-byte character; wait for the rest of it.
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
+    try:
+        for token in tokens:
+            generated.append(int(token[0]))
+            text = tokenizer.decode(generated)
+            # A byte-level token can end inside a multi-byte character; wait for the rest of it.
+            if not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(printed):])
+                sys.stdout.flush()
+                printed = text
+    except ValueError as error:  # the model itself fails mid-stream, e.g. NaN logits from non-finite weights
+        sys.stdout.write("\n")
+        raise SystemExit(f"error: {error}") from None
     sys.stdout.write(tokenizer.decode(generated)[len(printed):] + "\n")
 
 

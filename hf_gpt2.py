@@ -25,13 +25,16 @@ Choices made where the formats differ:
            transformers would load F64 tensors into a float32 model anyway.
 """
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from atomic_files import atomic_output
-from safetensors_io import load_file, save_file
+from atomic_files import atomic_output, fsync_directory
+from safetensors_io import load_file, read_header, save_file
 from tokenizer import ByteBPETokenizer
 from transformer_lm import TransformerConfig
 
@@ -89,6 +92,19 @@ GPT2_ARCHITECTURE = {
 # leaves out the model's shape is more likely damaged than meant to be GPT-2 small.
 SHAPE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
 
+# Our config fields whose config.json names differ, so that an error about one names both.
+GPT2_FIELD_NAMES = {"d_model": "n_embd", "n_heads": "n_head", "n_layers": "n_layer", "d_ff": "n_inner",
+                    "max_seq_len": "n_positions", "dropout": "resid_pdrop", "tie_weights": "tie_word_embeddings",
+                    "layer_norm_eps": "layer_norm_epsilon"}
+
+# Every file of a GPT-2 directory that describes the model or its tokenizer, as written here or by
+# transformers. save_pretrained replaces them all, so nothing of an earlier export (a tokenizer, a shard, an
+# index) survives beside the new one to be loaded with it.
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json")
+SHARD_FILE = re.compile(r"model-\d+-of-\d+\.safetensors")  # transformers' shard names
+
 
 def gpt2_name(name):
     """Our parameter name -> GPT-2's, without the "transformer." prefix."""
@@ -105,14 +121,31 @@ def gpt2_name(name):
 def load_pretrained(cls, path):
     """A `cls` (TransformerLM) model, in eval mode, with the weights of the GPT-2 directory `path`.
 
-    When the directory also holds vocab.json and merges.txt, GPT-2's tokenizer is attached as
-    `model.tokenizer` (a ByteBPETokenizer); otherwise `model.tokenizer` is None. Raises ValueError, naming
-    the field or tensor, for configs this model cannot represent and for weights that do not fit it.
+    When the directory also holds vocab.json and merges.txt (or tokenizer.json), GPT-2's tokenizer is attached
+    as `model.tokenizer` (a ByteBPETokenizer); otherwise `model.tokenizer` is None.
+
+    Every problem with the directory's content raises ValueError naming the file and the field or tensor:
+    a config this model cannot represent, weights that do not fit the config, an index that does not match its
+    shards. Missing files raise FileNotFoundError. The config is trusted only as far as the weight files back
+    it: each shape it implies is compared with the shapes the safetensors headers declare (which the data
+    section must hold) before the model is built, so config.json alone cannot make this allocate more than
+    a few times the size of the weight files (float32 parameters and their gradients).
     """
     directory = Path(path)
-    config = config_from_gpt2(read_json(directory / "config.json"), source=directory / "config.json")
+    if not directory.is_dir():
+        error = NotADirectoryError if directory.exists() else FileNotFoundError
+        raise error(f"{directory}: not a directory; expected a Hugging Face GPT-2 directory holding config.json "
+                    "and model.safetensors")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json; expected a Hugging Face GPT-2 directory holding "
+                                "config.json and model.safetensors")
+    config = config_from_gpt2(read_json_object(config_file), source=config_file)
+    headers = weight_file_headers(directory)
+    check_declared_shapes(config, by_gpt2_name(headers), source=directory)
+
     model = cls(config)
-    tensors = read_gpt2_tensors(directory)
+    tensors = by_gpt2_name({file: load_file(file) for file in headers})
     if config.tie_weights and LM_HEAD in tensors:
         # Some converters store the tied head anyway; then it must be a copy of the embedding.
         head = tensors.pop(LM_HEAD)
@@ -126,7 +159,8 @@ def load_pretrained(cls, path):
 
 
 def config_from_gpt2(gpt2_config, source):
-    """A parsed GPT-2 config.json -> TransformerConfig, or ValueError naming the field it cannot represent."""
+    """A parsed GPT-2 config.json (a dict) -> TransformerConfig, or ValueError naming the field it cannot
+    represent."""
     model_type = gpt2_config.get("model_type")
     if model_type != "gpt2":
         raise ValueError(f"{source}: model_type is {model_type!r}; only 'gpt2' checkpoints can be loaded")
@@ -135,7 +169,7 @@ def config_from_gpt2(gpt2_config, source):
         if value != supported:
             raise ValueError(f"{source}: {name}={value!r} is not supported ({name}={supported} only: {meaning})")
     activation = gpt2_config.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS_FROM_GPT2:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS_FROM_GPT2:
         raise ValueError(f"{source}: activation_function={activation!r} is not supported "
                          f"(choose one of {sorted(ACTIVATIONS_FROM_GPT2)})")
     missing = [name for name in SHAPE_FIELDS if name not in gpt2_config]
@@ -159,63 +193,123 @@ def config_from_gpt2(gpt2_config, source):
             dtype="float32",
         )
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: cannot be represented: {error}") from None
+        named = [f"{ours} is {theirs} in config.json" for ours, theirs in GPT2_FIELD_NAMES.items()
+                 if re.search(rf"\b{ours}\b", str(error))]
+        raise ValueError(f"{source}: cannot be represented: {error}" + (f" ({'; '.join(named)})" if named else "")
+                         ) from None
 
 
-def read_gpt2_tensors(directory):
-    """Every weight of a GPT-2 directory: name without the "transformer." prefix -> read-only array.
+def weight_file_headers(directory):
+    """file -> its safetensors header (stored name -> TensorSpec) for each file holding the weights:
+    model.safetensors, or else the shards that model.safetensors.index.json lists.
 
-    Reads model.safetensors, or the shards that model.safetensors.index.json lists; the causal-mask
-    buffers of old files are dropped. A directory with only a pickle checkpoint is refused.
+    Each shard must be a plain file name, so that the index can only name files inside `directory`, and must
+    hold exactly the tensors the index assigns to it. A directory with only a pickle checkpoint is refused.
     """
     single_file = directory / "model.safetensors"
     index_file = directory / "model.safetensors.index.json"
     if single_file.exists():
-        files = [single_file]
-    elif index_file.exists():
-        weight_map = read_json(index_file).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index_file}: expected a 'weight_map' object mapping tensor names to shard files")
-        files = [directory / shard for shard in sorted(set(weight_map.values()))]
-    else:
+        return {single_file: read_header(single_file)}
+    if not index_file.exists():
         pickle_file = directory / "pytorch_model.bin"
         if pickle_file.exists():
             load_file(pickle_file)  # refuses it with SafetensorsError, saying how to convert it
         raise FileNotFoundError(f"{directory}: no model.safetensors (nor a sharded model.safetensors.index.json)")
 
-    tensors = {}
-    for file in files:
-        for stored_name, value in load_file(file).items():
+    weight_map = read_json_object(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index_file}: expected a non-empty 'weight_map' object mapping tensor names to shard "
+                         f"files, got {weight_map!r:.80}")
+    names_by_shard = {}
+    for name, shard in weight_map.items():
+        if not is_plain_file_name(shard):
+            raise ValueError(f"{index_file}: tensor {name!r} is assigned the shard {shard!r:.80}; expected the "
+                             "name of a file in the same directory (no path separators, '..' or absolute paths)")
+        names_by_shard.setdefault(shard, set()).add(name)
+    for shard in sorted(names_by_shard):
+        if not (directory / shard).is_file():
+            raise ValueError(f"{index_file}: lists the shard {shard!r}, which is not a file in {directory}")
+    headers = {}
+    for shard, names in sorted(names_by_shard.items()):
+        file = directory / shard
+        headers[file] = read_header(file)
+        absent, unlisted = sorted(names - headers[file].keys()), sorted(headers[file].keys() - names)
+        if absent:
+            raise ValueError(f"{file}: lacks tensor {absent[0]!r}" + others(absent) + f", which {index_file.name} "
+                             "says this shard holds")
+        if unlisted:
+            raise ValueError(f"{file}: holds tensor {unlisted[0]!r}" + others(unlisted) + f", which "
+                             f"{index_file.name} does not assign to this shard")
+    return headers
+
+
+def is_plain_file_name(name):
+    """True for a str naming a file in a directory, with no way to reach outside it: not empty, not "." or
+    "..", without separators ("/", and "\\" and ":" as Windows reads them) or NUL."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(char in name for char in "/\\:\0")
+
+
+def by_gpt2_name(contents):
+    """{file: {stored name: value}} -> {GPT-2 name (without the "transformer." prefix): value} over all files.
+
+    The values are whatever was read: arrays (load_file) or TensorSpecs (read_header). The causal-mask
+    buffers of old files are dropped; a name stored twice is refused.
+    """
+    merged = {}
+    for file, stored in contents.items():
+        for stored_name, value in stored.items():
             name = stored_name.removeprefix(BODY_PREFIX)
             if CAUSAL_MASK_BUFFER.fullmatch(name):
                 continue
-            if name in tensors:
+            if name in merged:
                 raise ValueError(f"{file}: tensor {name!r} is stored twice (with and without the "
                                  f"{BODY_PREFIX!r} prefix, or in two shards)")
-            tensors[name] = value
-    return tensors
+            merged[name] = value
+    return merged
+
+
+def check_declared_shapes(config, declared, source):
+    """Compare the tensors the safetensors headers declare (GPT-2 name -> TensorSpec) with those `config`
+    implies, before a model of that config is built: ValueError naming `source` and the first difference."""
+    # Each layer has len(BLOCK_NAMES) tensors. A layer count the files cannot hold is refused before even the
+    # list of expected names, one per tensor, is made (parameter_shapes costs O(n_layers)).
+    if config.n_layers * len(BLOCK_NAMES) > len(declared):
+        raise ValueError(f"{source}: config.json says n_layer={config.n_layers}, but the weight files hold only "
+                         f"{len(declared)} tensors, too few for {len(BLOCK_NAMES)} per layer")
+    expected = {gpt2_name(name): shape for name, shape in config.parameter_shapes().items()}
+    if config.tie_weights and LM_HEAD in declared:
+        expected[LM_HEAD] = expected["wte.weight"]  # a stored copy of the tied embedding, compared once loaded
+    check_same_tensors(expected, {name: spec.shape for name, spec in declared.items()}, source)
+
+
+def check_same_tensors(expected, actual, source):
+    """Both dicts (name -> shape) must have the same names and each name the same shape; otherwise
+    ValueError naming the tensor and `source` (the file or directory, for the message)."""
+    missing = [name for name in expected if name not in actual]
+    if missing:
+        raise ValueError(f"{source}: missing tensor {missing[0]!r}" + others(missing))
+    unexpected = [name for name in actual if name not in expected]
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor {unexpected[0]!r}" + others(unexpected)
+                         + " (the config describes a model without it)")
+    for name, shape in expected.items():
+        if tuple(actual[name]) != tuple(shape):
+            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(actual[name])}, but the config needs "
+                             f"{tuple(shape)}")
 
 
 def copy_tensors(targets, tensors, source):
     """Copy every array of `tensors` into the live parameter of the same name in `targets`.
 
-    Both dicts must have exactly the same names and each pair the same shape; otherwise ValueError
-    naming the tensor and `source` (the file or directory, for the message), before anything is copied.
+    Both dicts must have exactly the same names, each pair the same shape, and the arrays a floating-point
+    dtype; otherwise ValueError naming the tensor and `source`, before anything is copied.
     """
-    missing = [name for name in targets if name not in tensors]
-    if missing:
-        raise ValueError(f"{source}: missing tensor {missing[0]!r}" + others(missing))
-    unexpected = [name for name in tensors if name not in targets]
-    if unexpected:
-        raise ValueError(f"{source}: unexpected tensor {unexpected[0]!r}" + others(unexpected)
-                         + " (the config describes a model without it)")
-    for name, target in targets.items():
-        value = tensors[name]
-        if value.shape != target.shape:
-            raise ValueError(f"{source}: tensor {name!r} has shape {value.shape}, but the config needs "
-                             f"{target.shape}")
-        if value.dtype.kind != "f":
-            raise ValueError(f"{source}: tensor {name!r} has dtype {value.dtype}; weights must be floating point")
+    check_same_tensors({name: value.shape for name, value in targets.items()},
+                       {name: value.shape for name, value in tensors.items()}, source)
+    for name in targets:
+        if tensors[name].dtype.kind != "f":
+            raise ValueError(f"{source}: tensor {name!r} has dtype {tensors[name].dtype}; weights must be "
+                             "floating point")
     for name, target in targets.items():
         target[...] = tensors[name]  # casts to the model's dtype
 
@@ -226,26 +320,42 @@ def others(names):
 
 def load_gpt2_tokenizer(directory, vocab_size):
     """GPT-2's tokenizer from vocab.json + merges.txt in `directory`, or from tokenizer.json (what current
-    transformers saves), or None when there is neither."""
+    transformers saves), or None when there is neither. One of vocab.json and merges.txt without the other
+    (and no tokenizer.json) is a damaged directory, refused rather than loaded without its tokenizer."""
     vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
-    if vocab_file.exists() and merges_file.exists():
-        tokenizer = ByteBPETokenizer.from_files(vocab_file, merges_file)
-    elif (directory / "tokenizer.json").exists():
-        tokenizer = ByteBPETokenizer.from_tokenizer_json(directory / "tokenizer.json")
-    else:
-        return None
+    tokenizer_file = directory / "tokenizer.json"
+    if vocab_file.exists() != merges_file.exists() and not tokenizer_file.exists():
+        present, absent = (vocab_file, merges_file) if vocab_file.exists() else (merges_file, vocab_file)
+        raise ValueError(f"{directory}: has {present.name} but no {absent.name} (nor tokenizer.json); GPT-2's "
+                         "tokenizer needs both")
+    try:
+        if vocab_file.exists() and merges_file.exists():
+            tokenizer = ByteBPETokenizer.from_files(vocab_file, merges_file)
+        elif tokenizer_file.exists():
+            tokenizer = ByteBPETokenizer.from_tokenizer_json(tokenizer_file)
+        else:
+            return None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{directory}: cannot load the tokenizer: {error}") from None
     if tokenizer.vocab_size > vocab_size:
         raise ValueError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
                          f"model's vocab_size {vocab_size}")
     return tokenizer
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as file:
-        try:
-            return json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+def read_json_object(path):
+    """The JSON object in file `path`, as a dict; ValueError naming the file for anything else."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, or an integer with too many digits to convert
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, got {type(content).__name__} {content!r:.80}")
+    return content
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -255,35 +365,67 @@ def read_json(path):
 def save_pretrained(model, path):
     """Write `model` into directory `path` (created if needed) in the layout of transformers' GPT-2:
     model.safetensors, config.json, and vocab.json + merges.txt when `model.tokenizer` is a
-    ByteBPETokenizer. Each file is replaced atomically; config.json is written last.
+    ByteBPETokenizer.
 
-    Raises ValueError, before writing anything, when a setting of the model has no GPT-2 equivalent.
+    The export is written whole. Its files are first written into a fresh staging directory inside `path`;
+    then the files of any earlier export there (EXPORT_FILES and shards) are removed and the new ones renamed
+    into place, config.json last. A failure while writing leaves an earlier export untouched; a crash during
+    the renames leaves no config.json, so the directory refuses to load rather than mixing two exports. Other
+    files in `path` are kept.
+
+    Raises ValueError, before writing anything, when a setting of the model has no GPT-2 equivalent or the
+    config cannot be written as JSON, or when `path` holds a train.py checkpoint (whose config.json and
+    tokenizer files the export would replace); NotADirectoryError when `path` is an existing file.
     """
     config = model.config
     for name, (gpt2_value, gpt2_behaviour) in GPT2_ARCHITECTURE.items():
         value = getattr(config, name)
         if value != gpt2_value:
             raise ValueError(f"{name}={value!r} has no GPT-2 equivalent ({gpt2_behaviour}: {name}={gpt2_value!r})")
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-
+    tokenizer = model.tokenizer
+    if not isinstance(tokenizer, ByteBPETokenizer):
+        tokenizer = None  # only GPT-2's byte-level BPE has a GPT-2 form; a character tokenizer stays behind
+    try:
+        config_text = json.dumps(gpt2_config(config, tokenizer), indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the model's config cannot be written as config.json ({error}); its fields must be "
+                         "plain Python numbers, strings and booleans, and finite") from None
     tensors = {}
     for name, value in model.parameters().items():
         stored_name = gpt2_name(name)
         if stored_name != LM_HEAD:
             stored_name = BODY_PREFIX + stored_name
         tensors[stored_name] = value.astype(np.float32, copy=False)
-    # transformers looks for "format": "pt" to know the file was written for PyTorch models.
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
 
-    tokenizer = model.tokenizer
-    if not isinstance(tokenizer, ByteBPETokenizer):
-        tokenizer = None  # only GPT-2's byte-level BPE has a GPT-2 form; a character tokenizer stays behind
-    if tokenizer is not None:
-        tokenizer.save(directory)
-    config_text = json.dumps(gpt2_config(config, tokenizer), indent=2) + "\n"
-    with atomic_output(directory / "config.json") as output:
-        output.write(config_text.encode("utf-8"))
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory}: exists and is not a directory; save_pretrained writes a directory")
+    if (directory / "model.npz").exists():
+        raise ValueError(f"{directory}: holds a train.py checkpoint (model.npz), whose config.json and tokenizer "
+                         "files an export would replace; export to a directory of its own")
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".save_pretrained-"))
+    try:
+        # transformers looks for "format": "pt" to know the file was written for PyTorch models.
+        save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(staging)
+        with atomic_output(staging / "config.json") as output:
+            output.write(config_text.encode("utf-8"))
+        replace_export(directory, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_export(directory, staging):
+    """Put the files of `staging` in place of the export files in `directory`. config.json goes first and
+    comes back last: a directory caught half-way has none, so it cannot load as a mix of two exports."""
+    stale = [file for file in directory.iterdir() if file.name in EXPORT_FILES or SHARD_FILE.fullmatch(file.name)]
+    for file in sorted(stale, key=lambda file: file.name != "config.json"):
+        file.unlink()
+    for file in sorted(staging.iterdir(), key=lambda file: file.name == "config.json"):
+        os.replace(file, directory / file.name)
+    fsync_directory(directory)
 
 
 def gpt2_config(config, tokenizer):

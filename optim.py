@@ -5,6 +5,7 @@ Everything works on plain dicts of NumPy arrays: ``params`` maps a parameter nam
 the model sees the new values without any copying back.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -20,9 +21,23 @@ def _check_grads_match(params, grads):
             raise ValueError(f"gradient for '{name}' has shape {grads[name].shape}, expected {param.shape}")
 
 
-def _check_learning_rate(lr):
-    if not lr >= 0.0:
-        raise ValueError(f"learning rate must be >= 0, got {lr}")
+def _check_finite(value, name):
+    """``value`` as a Python float, or ValueError unless it is a finite real number. (An infinite value
+    would pass the range checks below and a NaN would fail them with a confusing message.)"""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_count(value, name):
+    """ValueError unless ``value`` is an integer >= 0 (bools are not integers here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _check_learning_rate(lr, name="learning rate"):
+    if not _check_finite(lr, name) >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {lr}")
 
 
 class AdamW:
@@ -43,14 +58,18 @@ class AdamW:
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         _check_learning_rate(lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         beta1, beta2 = betas
         for index, beta in enumerate((beta1, beta2)):
-            if not 0.0 <= beta < 1.0:
+            if not 0.0 <= _check_finite(beta, f"betas[{index}]") < 1.0:
                 raise ValueError(f"betas[{index}] must be in [0, 1), got {beta}")
-        if not eps > 0.0:
+        if not _check_finite(eps, "eps") > 0.0:
             raise ValueError(f"eps must be > 0, got {eps}")
-        if not weight_decay >= 0.0:
+        if not _check_finite(weight_decay, "weight_decay") >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a dict of name -> numpy array, got {type(params).__name__}")
         for name, param in params.items():
             if not (isinstance(param, np.ndarray) and np.issubdtype(param.dtype, np.floating)):
                 raise ValueError(f"parameter '{name}' must be a floating-point numpy array")
@@ -167,7 +186,7 @@ def clip_grad_norm(grads, max_norm):
     Returns the norm before clipping, as a Python float. If that norm is inf or nan the gradients are left
     unchanged, so the caller can notice and skip the step.
     """
-    if not max_norm > 0.0:
+    if not _check_finite(max_norm, "max_norm") > 0.0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     # Per-tensor norms first, then the norm of those norms: the same order torch uses.
     total_norm = math.sqrt(sum(float(np.linalg.norm(grad.ravel())) ** 2 for grad in grads.values()))
@@ -208,17 +227,16 @@ def lr_schedule(iteration, *, lr, min_lr, warmup_iters, decay_iters, kind="cosin
     """
     if kind not in ("cosine", "constant"):
         raise ValueError(f"kind must be 'cosine' or 'constant', got {kind!r}")
-    if not (isinstance(iteration, (int, np.integer)) and iteration >= 0):
-        raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
-    _check_learning_rate(lr)
+    _check_count(iteration, "iteration")
+    _check_learning_rate(lr, "lr")
     if kind == "constant":
         return float(lr)
 
-    if not 0.0 <= min_lr <= lr:
+    if not 0.0 <= _check_finite(min_lr, "min_lr") <= lr:
         raise ValueError(f"min_lr must be in [0, lr={lr}], got {min_lr}")
-    if not (isinstance(warmup_iters, (int, np.integer)) and warmup_iters >= 0):
-        raise ValueError(f"warmup_iters must be a non-negative integer, got {warmup_iters!r}")
-    if not (isinstance(decay_iters, (int, np.integer)) and decay_iters > warmup_iters):
+    _check_count(warmup_iters, "warmup_iters")
+    _check_count(decay_iters, "decay_iters")
+    if not decay_iters > warmup_iters:
         raise ValueError(f"decay_iters must be an integer > warmup_iters={warmup_iters}, got {decay_iters!r}")
 
     iteration, warmup_iters, decay_iters = int(iteration), int(warmup_iters), int(decay_iters)

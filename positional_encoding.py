@@ -19,15 +19,20 @@ def sinusoidal_table(positions, d_model):
     return np.where(columns % 2 == 0, np.sin(angles), np.cos(angles))
 
 
+# Positions precomputed at most: a config's max_seq_len (10**12 in a crafted config.json) sizes nothing.
+PRECOMPUTED_POSITIONS = 1 << 16
+
+
 class SinusoidalPositionalEncoding(Module):
-    """Fixed encoding, no parameters. Table precomputed for max_seq_len positions (in float64 for
-    accuracy, then cast); later positions are computed on demand, since the formula has no limit."""
+    """Fixed encoding, no parameters. Table precomputed for max_seq_len positions, PRECOMPUTED_POSITIONS at
+    most (in float64 for accuracy, then cast); later positions are computed on demand, since the formula has no
+    limit."""
 
     def __init__(self, max_seq_len, d_model, dtype):
         super().__init__()
         self.d_model = d_model
         self.dtype = dtype
-        self.table = sinusoidal_table(np.arange(max_seq_len), d_model).astype(dtype)
+        self.table = sinusoidal_table(np.arange(min(max_seq_len, PRECOMPUTED_POSITIONS)), d_model).astype(dtype)
 
     def forward(self, positions):
         """positions: (T,) or (B, T) -> (T, C) or (B, T, C)."""

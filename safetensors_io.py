@@ -15,7 +15,8 @@ it touches the data, and raises SafetensorsError, never a bare KeyError or a hug
 malformed. It follows the official implementation's rules: the header is at most 100 MB, and the tensors'
 byte ranges, sorted by offset, must cover the data section exactly, with no overlaps, gaps or trailing
 bytes. It is stricter in two places: a tensor name given twice in the header is an error (the official
-library keeps the last one), and so is a BOOL byte other than 0 or 1.
+library keeps the last one), and so is a BOOL byte other than 0 or 1. Names and metadata must be valid
+Unicode (no lone surrogates such as "\\ud800"), so that they encode as UTF-8, on reading as on writing.
 
 Data types: F64, F32, F16, BF16, C64, I64, I32, I16, I8, U64, U32, U16, U8 and BOOL. NumPy has no
 bfloat16, so BF16 tensors load widened to float32 (exactly: bfloat16 is the top half of a float32), and
@@ -89,6 +90,13 @@ class SafetensorsError(ValueError):
     """A file that is not valid safetensors, or tensors that the format cannot store."""
 
 
+class TensorSpec(NamedTuple):
+    """What the header declares about one tensor: its safetensors dtype name ("F32", "BF16", ...) and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
 class _TensorInfo(NamedTuple):
     """One validated header entry; begin and end are byte offsets into the data section."""
 
@@ -132,6 +140,8 @@ def save_file(
     temporary name in the same directory and renamed over `path` only when complete and flushed to disk, so
     a failure at any point leaves an earlier file at `path` untouched.
     """
+    if isinstance(bf16_names, str):  # a lone name would be read as a set of one-letter names
+        raise TypeError(f"bf16_names must be a collection of tensor names, got the str {bf16_names!r}")
     dtype_names = _stored_dtype_names(tensors, frozenset(bf16_names))
     _check_metadata_types(metadata)
 
@@ -167,6 +177,9 @@ def _stored_dtype_names(tensors, bf16_names):
     for name, tensor in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
+        if not _encodes_as_utf8(name):
+            raise SafetensorsError(f"tensor name {name!r} is not valid Unicode (it holds a lone surrogate), so it "
+                                   "cannot be stored as UTF-8")
         if name == _METADATA_KEY:
             raise SafetensorsError(f"{_METADATA_KEY!r} is reserved for the metadata and cannot name a tensor")
         if not isinstance(tensor, np.ndarray):
@@ -186,6 +199,19 @@ def _check_metadata_types(metadata):
         isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
     ):
         raise TypeError(f"metadata must be a dict of str -> str, got {reprlib.repr(metadata)}")
+    for key, value in metadata.items():
+        if not (_encodes_as_utf8(key) and _encodes_as_utf8(value)):
+            raise SafetensorsError(f"metadata {key!r}: {value!r} is not valid Unicode (it holds a lone surrogate), "
+                                   "so it cannot be stored as UTF-8")
+
+
+def _encodes_as_utf8(text):
+    """False for a str holding a lone surrogate ("\\ud800"): Python allows those, UTF-8 and JSON files do not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _dtype_name(tensor):
@@ -235,6 +261,18 @@ def load_file(path: str | os.PathLike, mmap: bool = True) -> dict[str, np.ndarra
         layout = _read_layout(file, path)
         data = _map_data_section(file, layout, path) if mmap else _read_data_section(file, layout, path)
     return {info.name: _tensor_from_bytes(data, info, path) for info in layout.tensors}
+
+
+def read_header(path: str | os.PathLike) -> dict[str, TensorSpec]:
+    """name -> TensorSpec(dtype, shape) for every tensor of a safetensors file, in header order, without
+    reading or mapping the data section.
+
+    The header is validated as load_file validates it, so the declared tensors are known to tile the data
+    section exactly: a caller can trust that each declared shape is backed by that many bytes of file.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as file:
+        return {info.name: TensorSpec(info.dtype_name, info.shape) for info in _read_layout(file, path).tensors}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -328,6 +366,8 @@ def _validated_metadata(metadata):
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
         raise SafetensorsError(f"{_METADATA_KEY} must map strings to strings, got {reprlib.repr(metadata)}")
+    if not all(_encodes_as_utf8(key) and _encodes_as_utf8(value) for key, value in metadata.items()):
+        raise SafetensorsError(f"{_METADATA_KEY} holds a lone surrogate escape (not valid Unicode)")
     return metadata
 
 
@@ -338,6 +378,8 @@ def _is_int(value):
 
 def _validated_entry(name, entry):
     where = f"tensor {name!r}"
+    if not _encodes_as_utf8(name):
+        raise SafetensorsError(f"{where}: the name holds a lone surrogate escape (not valid Unicode)")
     if not isinstance(entry, dict):
         raise SafetensorsError(f"{where}: entry must be a JSON object, got {reprlib.repr(entry)}")
     missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]

@@ -31,10 +31,13 @@ tiktoken's.
 import functools
 import heapq
 import json
+import operator
 import re
+import reprlib
 import sys
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Set
 from pathlib import Path
 
 
@@ -49,6 +52,8 @@ class CharTokenizer:
 
     def __init__(self, chars, unknown_token=None):
         """chars: the distinct characters, in id order; unknown_token: None or one of them."""
+        if not isinstance(chars, Iterable):
+            raise TypeError(f"chars must be a sequence of single characters, got {type(chars).__name__}")
         chars = list(chars)
         for char in chars:
             _check_single_character(char, "every vocabulary entry")
@@ -68,7 +73,7 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text, unknown_token=None):
         """Vocabulary = sorted distinct characters of ``text`` (plus ``unknown_token``, if given)."""
-        alphabet = set(text)
+        alphabet = set(_check_text(text))
         if unknown_token is not None:
             _check_single_character(unknown_token, "unknown_token")
             alphabet.add(unknown_token)
@@ -80,6 +85,7 @@ class CharTokenizer:
 
     def encode(self, text):
         """str -> list of ids, one per character."""
+        _check_text(text)
         char_to_id = self._char_to_id
         if self.unknown_token is not None:
             unknown_id = char_to_id[self.unknown_token]
@@ -95,7 +101,7 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids):
-        """Sequence of ids (ints or NumPy integers) -> str."""
+        """Ids (a list, tuple or iterator of ints, or a 1-D NumPy integer array) -> str."""
         return "".join(_look_up(self.chars, ids))
 
     def to_dict(self):
@@ -117,18 +123,61 @@ class CharTokenizer:
     @classmethod
     def load(cls, path):
         """Read a tokenizer written by ``save``."""
-        return cls.from_dict(_read_json(Path(path)))
+        path = Path(path)
+        data = _read_json(path)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: not a character tokenizer ({error})") from None
 
 
 def _look_up(table, ids):
-    """[table[id] for id in ids], refusing ids outside [0, len(table)) (a negative one would otherwise
-    index from the end)."""
+    """[table[id] for id in ids]: the one place where both tokenizers check the ids they decode.
+
+    ids: a list, tuple or iterator of ints (NumPy integers too), or a 1-D NumPy integer array.
+    Anything else is refused rather than half-decoded: floats, bools, strings, None, nested or 2-D
+    ids (TypeError or ValueError), and ids outside [0, len(table)) (ValueError; a negative one
+    would otherwise index from the end).
+    """
+    # A str or bytes is iterable but holds no ids; a set or dict has no order to decode in.
+    if isinstance(ids, (str, bytes, bytearray, Set, Mapping)) or not isinstance(ids, Iterable):
+        raise TypeError(f"ids must be a sequence of integer token ids, got {type(ids).__name__}")
+    if hasattr(getattr(ids, "dtype", None), "kind"):  # a NumPy array, checked whole; tolist() gives plain ints
+        if ids.ndim != 1:
+            raise ValueError(f"ids must be one-dimensional, got an array of shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got an array of dtype {ids.dtype}")
+        ids = ids.tolist()
     pieces = []
-    for token_id in ids:
-        if not 0 <= token_id < len(table):
-            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {len(table)})")
-        pieces.append(table[token_id])
+    for position, token_id in enumerate(ids):
+        index = _as_int(token_id)
+        if index is None:
+            raise TypeError(
+                f"token id at position {position} is {token_id!r} ({type(token_id).__name__}); "
+                f"ids must be a flat sequence of ints"
+            )
+        if not 0 <= index < len(table):
+            raise ValueError(f"token id {index} at position {position} is outside the vocabulary [0, {len(table)})")
+        pieces.append(table[index])
     return pieces
+
+
+def _as_int(value):
+    """``value`` as a Python int if it is an integer (int or NumPy integer, but not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_text(text):
+    """Return ``text`` if it is a str; what encode and train accept."""
+    if not isinstance(text, str):
+        hint = " (decode bytes to str first)" if isinstance(text, (bytes, bytearray)) else ""
+        raise TypeError(f"text must be a str, got {type(text).__name__}{hint}")
+    return text
 
 
 def _check_single_character(value, what):
@@ -251,24 +300,14 @@ def _without_lone_surrogates(text):
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _merge_pair(ids, pair, new_id):
-    """Replace every occurrence of ``pair`` in ``ids``, scanning left to right, by ``new_id``."""
-    first, second = pair
-    merged, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == first and ids[i + 1] == second:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(ids[i])
-            i += 1
-    return merged
-
-
 # ----------------------------------------------------------------------------------------------
 # Byte-level BPE
 
-_WORD_CACHE_LIMIT = 200_000  # words remembered by encode before the cache is emptied
+# encode remembers each word's ids, since text repeats words a lot. The cache is emptied when it
+# holds this many words, and longer words (rare, and each one costly to keep) are not kept, so its
+# memory stays bounded whatever the text.
+_WORD_CACHE_LIMIT = 200_000
+_CACHED_WORD_MAX_LENGTH = 64  # characters
 
 
 class ByteBPETokenizer:
@@ -308,9 +347,17 @@ class ByteBPETokenizer:
             if _text_to_token(text) in vocab:
                 # vocab.json keys both kinds of token by text, so the two could not be told apart.
                 raise ValueError(f"special token {text!r} is also the printable form of a regular token")
-        ids = sorted(list(vocab.values()) + list(special_tokens.values()))
+        ids = list(vocab.values()) + list(special_tokens.values())
+        not_ints = [token_id for token_id in ids if _as_int(token_id) is None]
+        if not_ints:
+            raise TypeError(f"token ids must be ints, got {not_ints[0]!r}")
+        ids.sort()
         if ids != list(range(len(ids))):
-            raise ValueError("token ids must be 0 .. vocab_size - 1, each used exactly once")
+            counts = Counter(ids)
+            repeated = [token_id for token_id, count in counts.items() if count > 1]
+            problem = (f"id {repeated[0]} is used {counts[repeated[0]]} times" if repeated
+                       else f"id {next(i for i in ids if not 0 <= i < len(ids))} is outside that range")
+            raise ValueError(f"token ids must be 0 .. {len(ids) - 1}, each used exactly once: {problem}")
 
         self._vocab = vocab
         self._merges = merges
@@ -339,7 +386,17 @@ class ByteBPETokenizer:
         words containing it, so a merge only revisits the words it changes, and a heap of counts
         to find the most frequent pair.
         """
+        _check_text(text)
+        if _as_int(vocab_size) is None:
+            raise TypeError(f"vocab_size must be an int, got {vocab_size!r} ({type(vocab_size).__name__})")
+        vocab_size = _as_int(vocab_size)
+        if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
+            raise TypeError(f"special_tokens must be a sequence of strings, e.g. ('<|endoftext|>',), "
+                            f"got {special_tokens!r}")
         special_tokens = list(special_tokens)
+        for special in special_tokens:
+            if not isinstance(special, str) or not special:
+                raise ValueError(f"special tokens must be non-empty strings, got {special!r}")
         if len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"special tokens must be distinct, got {special_tokens!r}")
         n_regular = vocab_size - len(special_tokens)
@@ -358,6 +415,14 @@ class ByteBPETokenizer:
         word_counts = Counter(word for chunk in chunks for word in _split_words(chunk))
         words = [list(word.encode("utf-8")) for word in word_counts]  # byte ids 0..255
         word_freqs = list(word_counts.values())
+        # Each merge shortens some word by a symbol, so this many merges at most can be learned:
+        # a vocab_size beyond that is refused now rather than after learning all of them.
+        most_merges = sum(len(word) - 1 for word in words)
+        if 256 + most_merges < n_regular:
+            raise ValueError(
+                f"the text is too small for vocab_size {vocab_size}: its distinct words allow at most "
+                f"{most_merges} merges, so at most {256 + most_merges + len(special_tokens)} tokens"
+            )
 
         pair_counts = defaultdict(int)  # pair -> occurrences in the text
         pair_words = defaultdict(set)  # pair -> indices of the words containing it
@@ -420,7 +485,7 @@ class ByteBPETokenizer:
         user text cannot smuggle in control tokens), "all", or a set of special token strings that
         become their single ids wherever they appear.
         """
-        text = _without_lone_surrogates(text)
+        text = _without_lone_surrogates(_check_text(text))
         specials = self._allowed_specials(allowed_special)
         ids = []
         if not specials:
@@ -449,7 +514,10 @@ class ByteBPETokenizer:
             if allowed_special == "none":
                 return set()
             raise ValueError(f"allowed_special must be 'all', 'none' or a set of strings, got {allowed_special!r}")
-        allowed = set(allowed_special)
+        allowed = list(allowed_special) if isinstance(allowed_special, Iterable) else [None]
+        if not all(isinstance(text, str) for text in allowed):
+            raise TypeError(f"allowed_special must be 'all', 'none' or a set of strings, got {allowed_special!r}")
+        allowed = set(allowed)
         unknown = allowed - set(self._special_tokens)
         if unknown:
             raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)!r}")
@@ -462,22 +530,67 @@ class ByteBPETokenizer:
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._merge_word(word.encode("utf-8"))
-                if len(cache) >= _WORD_CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = word_ids
+                if len(word) <= _CACHED_WORD_MAX_LENGTH:
+                    if len(cache) >= _WORD_CACHE_LIMIT:
+                        cache.clear()
+                    cache[word] = word_ids
             ids.extend(word_ids)
 
     def _merge_word(self, word_bytes):
-        """One word's bytes -> ids: apply the earliest-learned applicable merge until none applies."""
-        ids = [self._byte_ids[byte] for byte in word_bytes]
+        """One word's bytes -> ids, as GPT-2 does it: take the applicable merge of lowest rank (the
+        earliest learned), apply it at each of its occurrences from left to right ("aaa" -> "aa a"),
+        and repeat until none applies.
+
+        Rescanning the word for each merge would cost O(n^2) for n bytes. Instead the symbols form a
+        doubly linked list (indexed by their first byte's position; a merged symbol keeps its left
+        part's index) and a heap holds (rank, position) for each adjacent pair that has a merge, so
+        the lowest rank, leftmost first, is always on top: O(n log n). A merge changes only the pairs
+        on either side of it; their new entries are pushed, and entries made stale by a merge are
+        skipped when they surface (lazy invalidation).
+        """
+        ids = [self._byte_ids[byte] for byte in word_bytes]  # a merged-away symbol's id becomes -1
+        n = len(ids)
+        following = list(range(1, n + 1))  # index of the next symbol; n past the end
+        preceding = list(range(-1, n - 1))  # index of the previous symbol; -1 before the start
         merge_ranks = self._merge_ranks
-        while len(ids) > 1:
-            candidates = [(merge_ranks[pair], pair) for pair in zip(ids, ids[1:]) if pair in merge_ranks]
-            if not candidates:
-                break
-            (_, new_id), pair = min(candidates)
-            ids = _merge_pair(ids, pair, new_id)
-        return ids
+        heap = [(merge_ranks[pair][0], left) for left, pair in enumerate(zip(ids, ids[1:])) if pair in merge_ranks]
+        heapq.heapify(heap)
+        # GPT-2 applies one merge everywhere before choosing the next. A merge's result normally
+        # takes part only in later (higher-rank) merges; a pair of lower rank than the current one,
+        # which only a merges table in an unlearned order can create, waits for the round to end.
+        round_rank, deferred = -1, []
+
+        def queue_pair(left, right):
+            merge = merge_ranks.get((ids[left], ids[right]))
+            if merge is not None:
+                entry = (merge[0], left)
+                if merge[0] < round_rank:
+                    deferred.append(entry)
+                else:
+                    heapq.heappush(heap, entry)
+
+        while heap or deferred:
+            if deferred and (not heap or heap[0][0] != round_rank):
+                for entry in deferred:
+                    heapq.heappush(heap, entry)
+                deferred.clear()
+            rank, left = heapq.heappop(heap)
+            right = following[left]
+            if ids[left] < 0 or right == n:
+                continue  # stale: this symbol was merged into its left neighbour, or is now the last
+            merge = merge_ranks.get((ids[left], ids[right]))
+            if merge is None or merge[0] != rank:
+                continue  # stale: one side of the pair has been merged since it was queued
+            round_rank = rank
+            ids[left], ids[right] = merge[1], -1
+            after = following[right]
+            following[left] = after
+            if after < n:
+                preceding[after] = left
+                queue_pair(left, after)
+            if preceding[left] >= 0:
+                queue_pair(preceding[left], left)
+        return [token_id for token_id in ids if token_id >= 0]
 
     # ------------------------------------------------------------------ files
 
@@ -515,7 +628,7 @@ class ByteBPETokenizer:
             if len(parts) != 2 or not all(tokens):
                 raise ValueError(
                     f"{merges_source}, line {line_number}: expected two tokens in GPT-2's byte alphabet "
-                    f"separated by one space, got {line!r}"
+                    f"separated by one space, got {reprlib.repr(line)}"
                 )
             merges.append(tuple(tokens))
 
@@ -527,10 +640,11 @@ class ByteBPETokenizer:
                 vocab[token] = token_id
             else:
                 special_tokens[text] = token_id
+        sources = vocab_source if vocab_source == merges_source else f"{vocab_source} and {merges_source}"
         try:
             return cls(vocab, merges, special_tokens)
         except ValueError as error:
-            raise ValueError(f"{vocab_source} and {merges_source} do not form a valid tokenizer: {error}") from None
+            raise ValueError(f"{sources} do not form a valid tokenizer: {error}") from None
 
     @classmethod
     def from_tokenizer_json(cls, path):
@@ -540,15 +654,39 @@ class ByteBPETokenizer:
         "added_tokens" the special tokens."""
         path = Path(path)
         data = _read_json(path)
-        model = data.get("model") if isinstance(data, dict) else None
-        if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-            raise ValueError(f"{path}: expected a BPE tokenizer with a 'model' holding 'vocab' and 'merges'")
-        merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in model.get("merges", [])]
-        vocab = dict(model["vocab"])
-        for added in data.get("added_tokens") or []:
-            if isinstance(added, dict) and "content" in added and "id" in added:
-                vocab.setdefault(added["content"], added["id"])
-        return cls._from_tables(vocab, merges, path, path)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object at the top level, got {reprlib.repr(data)}")
+        model = data.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise ValueError(f"{path}: expected a BPE tokenizer with a 'model' holding 'vocab' and 'merges', "
+                             f"got 'model': {reprlib.repr(model)}")
+        vocab, merges = model.get("vocab"), model.get("merges")
+        if not isinstance(vocab, dict):
+            raise ValueError(f"{path}: model.vocab must be an object mapping token text to id, "
+                             f"got {reprlib.repr(vocab)}")
+        if not isinstance(merges, list):
+            raise ValueError(f"{path}: model.merges must be a list, got {reprlib.repr(merges)}")
+        merge_lines = []
+        for index, merge in enumerate(merges):
+            if isinstance(merge, list) and len(merge) == 2 and all(isinstance(part, str) for part in merge):
+                merge = " ".join(merge)
+            if not isinstance(merge, str):
+                raise ValueError(f"{path}: merge {index} is {reprlib.repr(merge)}; expected a 'left right' string "
+                                 f"or a [left, right] pair of strings")
+            merge_lines.append(merge)
+        added_tokens = data.get("added_tokens", [])
+        if not isinstance(added_tokens, list):
+            raise ValueError(f"{path}: added_tokens must be a list, got {reprlib.repr(added_tokens)}")
+        vocab = dict(vocab)
+        for index, added in enumerate(added_tokens):
+            content, token_id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
+            if not isinstance(content, str) or not content or type(token_id) is not int:
+                raise ValueError(f"{path}: added token {index} must be an object with a non-empty string 'content' "
+                                 f"and an integer 'id', got {reprlib.repr(added)}")
+            if vocab.setdefault(content, token_id) != token_id:
+                raise ValueError(f"{path}: added token {content!r} has id {token_id}, but model.vocab gives it "
+                                 f"{reprlib.repr(vocab[content])}")
+        return cls._from_tables(vocab, merge_lines, path, f"{path} (model.merges)")
 
     def to_dict(self):
         """The contents of vocab.json and merges.txt as plain JSON, for checkpoints and token caches."""
@@ -589,6 +727,20 @@ def _pop_most_frequent(heap, pair_counts):
         if count > 0:  # the entry was stale: the pair is rarer now, so queue it at its real count
             heapq.heappush(heap, (-count, pair))
     return None
+
+
+def _merge_pair(ids, pair, new_id):
+    """Replace every occurrence of ``pair`` in ``ids``, scanning left to right, by ``new_id``."""
+    first, second = pair
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == first and ids[i + 1] == second:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
 
 
 def _apply_merge(pair, new_id, words, word_freqs, pair_counts, pair_words, heap):
@@ -640,10 +792,23 @@ def _read_text(path):
 
 
 def _read_json(path):
+    """The JSON value in the UTF-8 file ``path``; every flaw is a ValueError naming the file."""
+    text = _read_text(path)
     try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as error:
+        return json.loads(text, object_pairs_hook=_object_without_repeated_keys)
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # a syntax error, a repeated key, an integer of thousands of digits
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def _object_without_repeated_keys(pairs):
+    """A JSON object as a dict; a key given twice is an error (a plain dict would keep the last silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise ValueError(f"the key {reprlib.repr(repeated)} appears more than once in an object")
+    return obj
 
 
 def tokenizer_from_dict(data):

@@ -75,20 +75,30 @@ class TransformerConfig:
     span_loss_coefficient: float = 2e-6
 
     def __post_init__(self):
-        if self.d_ff is None:
+        # NumPy scalars (vocab_size=tokens.max() + 1) become Python ones, so the config compares, prints and
+        # serializes to JSON like one written by hand.
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, python_scalar(getattr(self, field.name)))
+        if self.d_ff is None and is_positive_integer(self.d_model):
             self.d_ff = 4 * self.d_model
-        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len", "span_ramp"):
+            if not is_positive_integer(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        for name in ("dropout", "layer_norm_eps", "span_loss_coefficient"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.layer_norm_eps > 0.0:
-            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if not 0.0 < self.layer_norm_eps < math.inf:
+            raise ValueError(f"layer_norm_eps must be positive and finite, got {self.layer_norm_eps!r}")
+        if not 0.0 <= self.span_loss_coefficient < math.inf:
+            raise ValueError(f"span_loss_coefficient must be a finite number >= 0, got {self.span_loss_coefficient!r}")
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("norm_first", "tie_weights", "adaptive_span"):
             if not isinstance(getattr(self, name), bool):
@@ -104,7 +114,7 @@ class TransformerConfig:
                     users = [pattern for pattern, fields in PATTERN_FIELDS.items() if name in fields]
                     raise ValueError(f"{name} is only used with attention in {users}; got {name}={value!r} "
                                      f"with attention={self.attention!r}")
-            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            elif not is_positive_integer(value):
                 raise ValueError(f"{name} must be a positive integer for attention={self.attention!r}, got {value!r}")
         if self.attention in ("strided", "fixed") and self.n_heads % 2:
             raise ValueError(f"n_heads must be even for attention={self.attention!r} (half the heads follow each "
@@ -119,19 +129,38 @@ class TransformerConfig:
         if self.attention != "full":
             raise ValueError(f"adaptive_span needs attention='full' (the span is its own window), "
                              f"got attention={self.attention!r}")
-        for name in ("max_span", "span_ramp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer with adaptive_span=True, got {value!r}")
+        if not is_positive_integer(self.max_span):
+            raise ValueError(f"max_span must be a positive integer with adaptive_span=True, got {self.max_span!r}")
         if self.positional == "learned" and self.max_span > self.max_seq_len:
             raise ValueError(f"max_span ({self.max_span}) must not exceed max_seq_len ({self.max_seq_len}) with "
                              "learned positions: no sequence is longer")
-        if not (isinstance(self.span_loss_coefficient, (int, float)) and self.span_loss_coefficient >= 0.0):
-            raise ValueError(f"span_loss_coefficient must be a number >= 0, got {self.span_loss_coefficient!r}")
 
     @property
     def numpy_dtype(self):
         return np.dtype(self.dtype)
+
+    def parameter_shapes(self):
+        """name -> shape of every parameter TransformerLM(self) holds, in the order of its parameters(),
+        computed without allocating anything (to check a file's tensors before building the model).
+        Every parameter has dtype self.numpy_dtype. C = d_model."""
+        C = self.d_model
+        shapes = {} if self.tie_weights else {"lm_head.weight": (self.vocab_size, C)}
+        shapes["decoder.token_embedding.weight"] = (self.vocab_size, C)
+        if self.positional == "learned":
+            shapes["decoder.position_embedding.weight"] = (self.max_seq_len, C)
+        for layer in range(self.n_layers):
+            block = f"decoder.blocks.{layer}."
+            shapes.update({block + "attention.W_qkv": (C, 3 * C), block + "attention.b_qkv": (3 * C,),
+                           block + "attention.W_out": (C, C), block + "attention.b_out": (C,)})
+            if self.adaptive_span:
+                shapes[block + "attention.pattern.span"] = (self.n_heads,)
+            shapes.update({block + "norm1.weight": (C,), block + "norm1.bias": (C,),
+                           block + "feed_forward.W_in": (C, self.d_ff), block + "feed_forward.b_in": (self.d_ff,),
+                           block + "feed_forward.W_out": (self.d_ff, C), block + "feed_forward.b_out": (C,),
+                           block + "norm2.weight": (C,), block + "norm2.bias": (C,)})
+        if self.norm_first:
+            shapes.update({"decoder.final_norm.weight": (C,), "decoder.final_norm.bias": (C,)})
+        return shapes
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -139,6 +168,17 @@ class TransformerConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def python_scalar(value):
+    """A NumPy scalar as the Python bool, int, float or str it stands for; anything else unchanged."""
+    if isinstance(value, (np.bool_, np.integer, np.floating, np.str_)):
+        return value.item()
+    return value
+
+
+def is_positive_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 GPT2_STYLE = dict(positional="learned", norm_first=True, tie_weights=True, activation="gelu_tanh",
@@ -172,7 +212,9 @@ class TransformerLM(Module):
         self.initialize()
         self.tokenizer = None        # set by from_pretrained when the directory holds tokenizer files
         self.hidden = None           # decoder output cached for the head's backward
-        self.loss_cache = None       # (probabilities, targets, count) from loss(), consumed by backward()
+        # What backward() needs from loss(), with the decoder pass it made: any later pass through the
+        # decoder (forward, generate, stream, a picture) overwrites the layer caches, and backward() refuses.
+        self.loss_cache = None
 
     def initialize(self):
         """Fill every matrix (ndim 2, embeddings included) from self.rng; vectors keep their start
@@ -210,8 +252,9 @@ class TransformerLM(Module):
     def num_parameters(self):
         return sum(value.size for value in self.parameters().values())
 
-    def check_ids(self, ids, name="ids"):
-        """Validate token ids at the public boundary: an integer array (B, T), each in [0, vocab_size)."""
+    def check_ids(self, ids, name="ids", check_length=True):
+        """Validate token ids at the public boundary: an integer array (B, T), each in [0, vocab_size), and
+        (check_length) no longer than max_seq_len with learned positions."""
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
@@ -224,14 +267,13 @@ class TransformerLM(Module):
             position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
             raise ValueError(f"token id {ids[position]} at {name}{list(position)} is out of range "
                              f"[0, {self.config.vocab_size})")
-        if self.config.positional == "learned" and ids.shape[1] > self.config.max_seq_len:
+        if check_length and self.config.positional == "learned" and ids.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds max_seq_len {self.config.max_seq_len} "
                              "(learned positions have no embedding beyond it)")
         return ids
 
     def forward(self, ids):
         """ids: (B, T) integers in [0, vocab_size) -> logits (B, T, vocab_size)."""
-        self.loss_cache = None  # a new forward pass invalidates a pending loss()
         return self.logits(self.check_ids(ids))
 
     __call__ = forward
@@ -274,15 +316,17 @@ class TransformerLM(Module):
         probabilities /= sums
         losses = np.log(sums[rows, 0]) - target_logits
         penalized_spans = adaptive_spans(self) if self.training else []
-        self.loss_cache = (probabilities, valid.reshape(-1), rows, target_ids, penalized_spans)
+        self.loss_cache = (probabilities, valid.reshape(-1), rows, target_ids, penalized_spans, self.decoder.passes)
         return float(np.sum(losses, dtype=np.float64) / rows.size) + sum(span.penalty() for span in penalized_spans)
 
     def backward(self):
         """Gradients of the last loss() for every parameter: dict name -> array (the model's own
         buffers, overwritten by the next backward; copy them to accumulate over micro-batches)."""
-        if self.loss_cache is None:
-            raise RuntimeError("backward() needs a preceding loss(ids, targets) (and no forward() since)")
-        probabilities, valid, rows, target_ids, penalized_spans = self.loss_cache
+        if self.loss_cache is None or self.loss_cache[-1] != self.decoder.passes:
+            self.loss_cache = None
+            raise RuntimeError("backward() needs a preceding loss(ids, targets) and no pass through the model since "
+                               "(forward, generate, stream or anything else that runs the decoder)")
+        probabilities, valid, rows, target_ids, penalized_spans, _ = self.loss_cache
         self.loss_cache = None
         self.zero_grad()
         # d(mean cross-entropy)/d logits = (softmax - one_hot(target)) / count, zero at ignored rows.

@@ -10,6 +10,7 @@ adaptive-span model the learned span of every head. matplotlib is needed here on
 """
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from transformer_lm import TransformerConfig
 
 PANEL_INCHES = 3.0  # every panel is this many inches square, so the picture's size follows from its panels
 DPI = 100
+# A panel is 300 pixels wide, so longer sequences only blur, while the (T, T) masks and weights grow as T^2.
+MAX_PICTURE_TOKENS = 1024
 
 
 def import_pyplot():
@@ -103,13 +106,32 @@ def draw_attention(weights, labels, spans, out):
     save(pyplot, figure, out)
 
 
+def picture_path(out):
+    """The file to write for --out: as given, or with ".png" added when it has no suffix (so the path
+    printed is the one written). Its suffix must name a format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    path = Path(out)
+    if path.is_dir():
+        raise SystemExit(f"error: --out {out} is a directory; give a file name such as {path / 'picture.png'}")
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.suffix[1:].lower() not in formats:
+        raise SystemExit(f"error: --out {out}: unknown picture format {path.suffix!r}; use one of "
+                         f"{', '.join('.' + name for name in formats)} (no suffix: .png)")
+    return path
+
+
 def save(pyplot, figure, out):
     try:
         figure.savefig(out, dpi=DPI)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a format this matplotlib cannot write after all
         raise SystemExit(f"error: cannot write {out}: {error}") from None
     finally:
         pyplot.close(figure)
+
+
+OUT_HELP = "the picture file; its suffix picks the format (.png, .svg, .pdf, ...), and one without a suffix gets .png"
 
 
 def parse_args(argv=None):
@@ -120,19 +142,21 @@ def parse_args(argv=None):
     patterns.add_argument("--window", type=int, help="sliding window (default seq-len / 4)")
     patterns.add_argument("--stride", type=int, help="strided and fixed patterns (default about sqrt(seq-len))")
     patterns.add_argument("--summary", type=int, help="fixed pattern: summary positions per block (default stride / 4)")
-    patterns.add_argument("--out", default="patterns.png")
+    patterns.add_argument("--out", default="patterns.png", help=OUT_HELP)
     attention = commands.add_parser("attention", help="attention weights of a trained model for a prompt")
     attention.add_argument("--checkpoint", required=True, help="a checkpoint directory written by train.py")
     attention.add_argument("--prompt", required=True)
-    attention.add_argument("--out", default="attention.png")
+    attention.add_argument("--out", default="attention.png", help=OUT_HELP)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    import_pyplot()
+    out = picture_path(args.out)
     if args.command == "patterns":
-        if args.seq_len < 1:
-            raise SystemExit(f"error: --seq-len must be >= 1, got {args.seq_len}")
+        if not 1 <= args.seq_len <= MAX_PICTURE_TOKENS:
+            raise SystemExit(f"error: --seq-len must be in [1, {MAX_PICTURE_TOKENS}], got {args.seq_len}")
         window = max(1, args.seq_len // 4) if args.window is None else args.window
         stride = max(1, round(math.sqrt(args.seq_len))) if args.stride is None else args.stride
         summary = max(1, stride // 4) if args.summary is None else args.summary
@@ -140,7 +164,7 @@ def main(argv=None):
             panels = pattern_panels(args.seq_len, window, stride, summary)
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
-        draw_patterns(panels, args.out)
+        draw_patterns(panels, out)
     else:
         try:
             model = load_model(args.checkpoint)
@@ -153,8 +177,10 @@ def main(argv=None):
             ids = model.check_ids(np.asarray(tokenizer.encode(args.prompt), dtype=np.int64)[None], name="prompt")
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
-        draw_attention(attention_weights(model, ids), token_labels(tokenizer, ids[0]), span_summary(model), args.out)
-    print(f"written to {args.out}")
+        if ids.shape[1] > MAX_PICTURE_TOKENS:
+            raise SystemExit(f"error: the prompt is {ids.shape[1]} tokens; at most {MAX_PICTURE_TOKENS} can be drawn")
+        draw_attention(attention_weights(model, ids), token_labels(tokenizer, ids[0]), span_summary(model), out)
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

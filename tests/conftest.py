@@ -1,7 +1,10 @@
-"""Shared test fixtures: optional-oracle imports and the path to ../shared."""
+"""Shared test fixtures: optional-oracle imports, the path to ../shared and GPT-2's tokenizer files."""
+import functools
 import importlib
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,48 @@ def require_shared(relative_path):
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared is only beside the project's own checkout)")
     return path
+
+
+GPT2_TOKENIZER_VARIABLE = "NPGPT_GPT2_TOKENIZER_DIR"
+GPT2_TOKENIZER_HOW_TO = (
+    "get them once with `python -c \"from transformers import GPT2TokenizerFast as T; "
+    "T.from_pretrained('gpt2').save_pretrained('gpt2-tokenizer')\"` and set "
+    f"{GPT2_TOKENIZER_VARIABLE}=/absolute/path/to/gpt2-tokenizer"
+)
+
+
+def require_gpt2_tokenizer():
+    """Directory holding GPT-2's vocab.json and merges.txt, found through $NPGPT_GPT2_TOKENIZER_DIR or in
+    ../shared/data/gpt2-tokenizer.
+
+    A directory with only the tokenizer.json that current transformers saves works too (its vocabulary and
+    merges are written out once as the two files, in a temporary directory). With neither, the test skips, or
+    fails under REQUIRE_ORACLES=1: CI has ../shared, so a missing file there is a broken setup. A variable that
+    names a directory without the files always fails: the user asked for those files.
+    """
+    configured = os.environ.get(GPT2_TOKENIZER_VARIABLE)
+    directory = Path(configured).expanduser() if configured else SHARED / "data" / "gpt2-tokenizer"
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        return directory
+    if (directory / "tokenizer.json").is_file():
+        return Path(_vocab_and_merges_from(directory / "tokenizer.json").name)
+    message = f"GPT-2's tokenizer files (vocab.json + merges.txt, or tokenizer.json) are not in {directory}"
+    if configured:
+        pytest.fail(f"{message}, which {GPT2_TOKENIZER_VARIABLE} names")
+    if os.environ.get("REQUIRE_ORACLES") == "1":
+        pytest.fail(f"{message} and REQUIRE_ORACLES=1 is set")
+    pytest.skip(f"{message}: {GPT2_TOKENIZER_HOW_TO}")
+
+
+@functools.cache  # once per session; the cache also keeps the temporary directory alive until the session ends
+def _vocab_and_merges_from(tokenizer_json):
+    """GPT-2's vocab.json + merges.txt rebuilt from a Hugging Face tokenizer.json (its merges are "a b"
+    strings in older files, ["a", "b"] pairs in newer ones), in a new tempfile.TemporaryDirectory."""
+    content = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    vocab = {**content["model"]["vocab"], **{token["content"]: token["id"] for token in content["added_tokens"]}}
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in content["model"]["merges"]]
+    directory = tempfile.TemporaryDirectory(prefix="gpt2-tokenizer-")
+    (Path(directory.name) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (Path(directory.name) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
+                                                     encoding="utf-8")
+    return directory

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from checkpoint import CheckpointError, load_model, load_tokenizer, load_training_state, save_checkpoint
+from checkpoint import CheckpointError, load_model, load_tokenizer, load_training_state, save_checkpoint, seal
 from optim import AdamW
 from tokenizer import ByteBPETokenizer, CharTokenizer
 from transformer_lm import TransformerConfig, TransformerLM
@@ -137,6 +137,10 @@ def bad_config_value(directory):
 def test_damaged_checkpoints_raise_clear_errors(tmp_path, damage, message):
     save_checkpoint(tmp_path / "ckpt", make_model())
     damage(tmp_path / "ckpt")
+    if damage is not remove_weights:
+        # Crafted rather than damaged: the manifest agrees with the files (else its checksums catch it first,
+        # see test_hostile_checkpoint.py), so the content checks are what must catch it.
+        seal(tmp_path / "ckpt", 2)
     with pytest.raises(CheckpointError, match=message):
         load_model(tmp_path / "ckpt")
 

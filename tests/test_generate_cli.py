@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, require_shared
+from conftest import ROOT, require_gpt2_tokenizer
 
 import generate
 from checkpoint import save_checkpoint
@@ -47,7 +47,7 @@ def test_streamed_text_equals_generate(char_checkpoint, capsys):
 
 
 def test_byte_level_tokens_that_split_a_character_are_printed_whole(tmp_path, capsys):
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     tokenizer = ByteBPETokenizer.from_files(directory / "vocab.json", directory / "merges.txt")
     model = TransformerLM(TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=8, n_heads=2, n_layers=1,
                                             max_seq_len=64), seed=0)
@@ -63,7 +63,7 @@ def test_byte_level_tokens_that_split_a_character_are_printed_whole(tmp_path, ca
     (["--checkpoint", "CKPT", "--prompt", "Z"], "error: character 'Z' at position 0 is not in the vocabulary"),
     (["--checkpoint", "CKPT", "--temperature", "-1"], "error: temperature must be a number >= 0"),
     (["--checkpoint", "CKPT", "--top-p", "2"], r"error: top_p must be in (0, 1]"),
-    (["--checkpoint", "CORRUPT"], "error: cannot load the model: checkpoint file"),
+    (["--checkpoint", "CORRUPT"], "error: cannot load the model: no complete checkpoint in"),
 ])
 def test_errors_are_one_clear_line(char_checkpoint, tmp_path, flags, message):
     corrupt = tmp_path / "corrupt"

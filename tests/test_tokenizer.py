@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import require_oracle, require_shared
+from conftest import require_gpt2_tokenizer, require_oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -286,7 +286,7 @@ def test_trained_bpe_round_trip_property(trained, text):
 
 @pytest.fixture(scope="module")
 def gpt2():
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     return ByteBPETokenizer.from_files(directory / "vocab.json", directory / "merges.txt")
 
 
@@ -294,7 +294,7 @@ def gpt2():
 def tiktoken_gpt2():
     tiktoken = require_oracle("tiktoken")
     load = require_oracle("tiktoken.load")
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     # The data-gym reader takes the original encoder.json/vocab.bpe; vocab.json/merges.txt hold the
     # same content (it skips the first line of either merges file). TIKTOKEN_CACHE_DIR="" stops it
     # caching local files under /tmp.
@@ -359,7 +359,7 @@ def test_gpt2_lone_surrogates_are_replaced_like_tiktoken(gpt2, tiktoken_gpt2):
 
 
 def test_gpt2_invalid_utf8_decodes_to_replacement_character(gpt2, tiktoken_gpt2):
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     # The token for the lone byte 0xE2 (a UTF-8 lead byte; printable Latin-1, so its key is itself).
     lead_byte_id = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))["\u00e2"]
     assert gpt2.decode([lead_byte_id]) == "\ufffd" == tiktoken_gpt2.decode([lead_byte_id])
@@ -400,6 +400,29 @@ def test_gpt2_parity_property(gpt2, tiktoken_gpt2, text):
     assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
+def _long_words():
+    """Pathological words thousands of bytes long (one pre-tokenized word each, except the random bytes)."""
+    rng = np.random.default_rng(10)
+    letters = "abcdefghijklmnopqrstuvwxyz" "\u00e9\u00df\u0430\u0431\u03b1\u4e00\u4e8c\u3042\u0915"  # all \p{L}
+    return {
+        "one_letter": "a" * 5000,
+        "two_letters": "ab" * 2500,
+        "digits": "1234567890" * 500,
+        "accented": "\u00e9" * 3000,
+        "punctuation": "!" * 3000 + "?." * 1000,
+        "spaces": " " * 5000 + "x",
+        "random_letters": "".join(rng.choice(list(letters[:26]), size=6000)),
+        "random_unicode_letters": "".join(rng.choice(list(letters), size=3000)),
+        "random_bytes": rng.integers(0, 256, size=6000, dtype=np.uint8).tobytes().decode("utf-8", "replace"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_long_words()))
+def test_gpt2_parity_with_tiktoken_on_long_words(gpt2, tiktoken_gpt2, name):
+    text = _long_words()[name]
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text())
 def test_gpt2_round_trip_property(gpt2, text):
@@ -409,7 +432,7 @@ def test_gpt2_round_trip_property(gpt2, text):
 
 
 def test_gpt2_from_original_openai_file_names(tiktoken_gpt2, tmp_path):
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     shutil.copyfile(directory / "vocab.json", tmp_path / "encoder.json")
     merges = (directory / "merges.txt").read_text(encoding="utf-8").split("\n", 1)[1]
     (tmp_path / "vocab.bpe").write_text("#version: 0.2\n" + merges, encoding="utf-8")
@@ -420,7 +443,7 @@ def test_gpt2_from_original_openai_file_names(tiktoken_gpt2, tmp_path):
 
 
 def test_gpt2_save_writes_the_original_files_back(gpt2, tmp_path):
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     gpt2.save(tmp_path)
     original_vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
     assert json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8")) == original_vocab
@@ -445,7 +468,7 @@ def test_to_dict_round_trip_for_both_kinds():
 
 @pytest.mark.parametrize("merge_form", ["strings", "pairs"])
 def test_tokenizer_json_of_the_tokenizers_library_loads_like_the_two_files(tmp_path, merge_form):
-    directory = require_shared("data/gpt2-tokenizer")
+    directory = require_gpt2_tokenizer()
     vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
     merges = [line for line in (directory / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]
     special = {"id": vocab.pop("<|endoftext|>"), "content": "<|endoftext|>", "special": True}
