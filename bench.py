@@ -2,6 +2,11 @@
 
     python bench.py             # every section, 1 and 2 threads, and tiny Shakespeare (about 35 minutes)
     python bench.py --quick     # a smoke run: 1 thread, fewer repetitions, small shapes (about a minute)
+    python bench.py --render BENCHMARKS.json    # BENCHMARKS.md again from saved results, measuring nothing
+
+Only a complete run (or --out PATH) writes BENCHMARKS.md and BENCHMARKS.json; a partial one (--quick, --only,
+--threads, --repeats, --no-shakespeare) writes under bench-runs/, so the committed results stay those of a full
+run. Progress goes to stderr, a line per measurement.
 
 Each thread count runs in its own subprocess, because BLAS reads its thread count from the
 environment when NumPy is first imported. Ratios are quoted at one thread: on a shared 2-core
@@ -17,8 +22,11 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared"  # the project's data and reference figures, beside its own checkout
 
 
 def parse_args(argv=None):
@@ -31,7 +39,11 @@ def parse_args(argv=None):
     parser.add_argument("--shakespeare", action=argparse.BooleanOptionalAction, default=None,
                         help="also reproduce nanoGPT's tiny-Shakespeare run with train.py, with and without adaptive "
                              "span (about 5 minutes; default: on, off with --quick)")
-    parser.add_argument("--output", default="BENCHMARKS.md", help="where to write the Markdown table")
+    parser.add_argument("--out", "--output", help="where to write the Markdown (the raw JSON goes beside it, "
+                        "same name with .json); default: BENCHMARKS.md for a complete run, bench-runs/DATE-TIME.md "
+                        "for a partial one")
+    parser.add_argument("--render", metavar="JSON", help="measure nothing: write the Markdown for results saved "
+                        "earlier (to --out, default: the JSON's name with .md)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: run at this thread count
     parser.add_argument("--memory-probe", choices=["ours", "theirs"], help=argparse.SUPPRESS)  # internal
     return parser.parse_args(argv)
@@ -66,9 +78,9 @@ def bench_matmul(threads, quick, repeats, context):
     rates = torch_peer.matmul_gflops(np, torch)
     context["peak_gflops"] = rates["numpy"]
     seconds = 2 * 1024 ** 3 / 1e9
-    return [dict(section="matmul", case="1024 x 1024 x 1024 float32, best of 10", ours=[seconds / rates["numpy"]],
-                 theirs=[seconds / rates["torch"]],
-                 note=f"NumPy {rates['numpy']:.0f} GFLOP/s, torch {rates['torch']:.0f} GFLOP/s")]
+    yield dict(section="matmul", case="1024 x 1024 x 1024 float32, best of 10", ours=[seconds / rates["numpy"]],
+               theirs=[seconds / rates["torch"]],
+               note=f"NumPy {rates['numpy']:.0f} GFLOP/s, torch {rates['torch']:.0f} GFLOP/s")
 
 
 def bench_training(threads, quick, repeats, context):
@@ -81,18 +93,17 @@ def bench_training(threads, quick, repeats, context):
 
     shapes = [("nanoGPT CPU: L4 H4 C128, B12 T64, V65", dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
               ("mid: L6 H6 C384, B8 T256, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256), 8)]
-    rows = []
     for case, shape, batch_size in shapes[:1] if quick else shapes:
+        progress(f"  training step, {case} ...")
         config = TransformerConfig.from_preset("nanogpt-cpu", **shape)
         our_times, their_times = time_training_steps(np, torch, config, batch_size, 3 * repeats)
         tokens = batch_size * config.max_seq_len
         flops = torch_peer.training_flops_per_token(config) * tokens
-        rows.append(dict(section="training step", case=case, ours=our_times, theirs=their_times,
-                         note=f"tokens/s ours {tokens / median(our_times):,.0f}, torch "
-                              f"{tokens / median(their_times):,.0f}; MFU ours "
-                              f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}, torch "
-                              f"{flops / median(their_times) / 1e9 / context['peak_gflops']:.0%}"))
-    return rows
+        yield dict(section="training step", case=case, ours=our_times, theirs=their_times,
+                   note=f"tokens/s ours {tokens / median(our_times):,.0f}, torch "
+                        f"{tokens / median(their_times):,.0f}; MFU ours "
+                        f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}, torch "
+                        f"{flops / median(their_times) / 1e9 / context['peak_gflops']:.0%}")
 
 
 def time_training_steps(np, torch, config, batch_size, repeats, only=None):
@@ -146,22 +157,21 @@ def bench_forward(threads, quick, repeats, context):
     config = TransformerConfig.from_preset("gpt2", dropout=0.0)
     model = TransformerLM(config, seed=0).eval()
     peer = torch_peer.build(torch, model).eval()
-    rows = []
     for seq_len in ([64, 256] if quick else [64, 256, 1024]):
+        progress(f"  forward, GPT-2 small, T={seq_len} ...")
         ids = np.random.default_rng(seq_len).integers(0, config.vocab_size, (1, seq_len))
         torch_ids = torch.from_numpy(ids)
         with torch.inference_mode():
             difference = np.abs(model(ids) - peer(torch_ids).numpy()).max()
             our_times, their_times = time_pair(lambda ids=ids: model(ids), lambda ids=torch_ids: peer(ids), repeats)
         flops = torch_peer.forward_flops_per_token(config, seq_len) * seq_len
-        rows.append(dict(section="forward", case=f"GPT-2 small, B=1, T={seq_len}", ours=our_times,
-                         theirs=their_times, note=f"max logit difference {difference:.1e}; MFU ours "
-                         f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}"))
-    return rows
+        yield dict(section="forward", case=f"GPT-2 small, B=1, T={seq_len}", ours=our_times, theirs=their_times,
+                   note=f"max logit difference {difference:.1e}; MFU ours "
+                        f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}")
 
 
 def bench_generation(threads, quick, repeats, context):
-    """Greedy generation at GPT-2 small's shape: 64-token prompt, 256 new tokens (quick: 32)."""
+    """Greedy generation at GPT-2 small's shape: 64-token prompt, 256 new tokens (quick: 16)."""
     import numpy as np
     import torch
 
@@ -172,8 +182,8 @@ def bench_generation(threads, quick, repeats, context):
     model = TransformerLM(config, seed=0).eval()
     peer = torch_peer.build(torch, model).eval()
     new_tokens = 16 if quick else 256
-    rows = []
     for batch_size in (1,) if quick else (1, 8):
+        progress(f"  generation, GPT-2 small, B={batch_size}, {new_tokens} tokens ...")
         prompt = np.random.default_rng(batch_size).integers(0, config.vocab_size, (batch_size, 64))
         torch_prompt = torch.from_numpy(prompt)
         same = np.array_equal(model.generate(prompt, new_tokens, temperature=0),
@@ -182,18 +192,17 @@ def bench_generation(threads, quick, repeats, context):
                                            lambda p=torch_prompt: peer.generate_greedy(p, new_tokens),
                                            max(1, repeats // 2))
         tokens = batch_size * new_tokens
-        rows.append(dict(section="generation (KV cache)", case=f"GPT-2 small, B={batch_size}, 64 + {new_tokens} "
-                         "tokens", ours=our_times, theirs=their_times,
-                         note=f"tokens/s ours {tokens / median(our_times):.1f}, torch "
-                              f"{tokens / median(their_times):.1f}; same tokens as torch: {same}"))
+        yield dict(section="generation (KV cache)", case=f"GPT-2 small, B={batch_size}, 64 + {new_tokens} tokens",
+                   ours=our_times, theirs=their_times,
+                   note=f"tokens/s ours {tokens / median(our_times):.1f}, torch "
+                        f"{tokens / median(their_times):.1f}; same tokens as torch: {same}")
         if batch_size == 1:
+            progress("  greedy decoding without the KV cache: the slowest measurement (minutes at full size)")
             uncached = uncached_generation_seconds(model, prompt, new_tokens)
-            rows.append(dict(section="generation, no cache", case=f"GPT-2 small, B=1, 64 + {new_tokens} tokens",
-                             ours=[uncached], theirs=our_times,
-                             note=f"'PyTorch' column = ours WITH the KV cache: the cache is "
-                                  f"{uncached / median(our_times):.1f}x faster; tokens/s without "
-                                  f"{new_tokens / uncached:.1f}"))
-    return rows
+            yield dict(section="generation, no cache", case=f"GPT-2 small, B=1, 64 + {new_tokens} tokens",
+                       ours=[uncached], theirs=our_times,
+                       note=f"the cache is {uncached / median(our_times):.1f}x faster; tokens/s without "
+                            f"{new_tokens / uncached:.1f}")
 
 
 def uncached_generation_seconds(model, prompt, new_tokens):
@@ -247,17 +256,17 @@ def bench_memory(threads, quick, repeats, context):
     config = TransformerConfig.from_preset("nanogpt-cpu", **MID_SIZE)
     growth = {}
     for side in ("ours", "theirs"):
+        progress(f"  peak memory of three training steps, {side}, in a new process ...")
         completed = subprocess.run([sys.executable, __file__, "--memory-probe", side], capture_output=True, text=True,
                                    env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
         if completed.returncode:
             raise SystemExit(f"memory probe failed:\n{completed.stderr}")
         growth[side] = json.loads(completed.stdout.strip().splitlines()[-1])["megabytes"]
     minimum = analytic_training_bytes(config, MID_BATCH) / 2**20
-    return [dict(section="peak memory", case="training step, mid: L6 H6 C384, B8 T256 (RSS growth, MB)",
-                 ours=[growth["ours"] / 1e3], theirs=[growth["theirs"] / 1e3],
-                 note=f"columns in MB, not ms: ours {growth['ours']:.0f} MB = {growth['ours'] / minimum:.2f}x the "
-                      f"analytic minimum {minimum:.0f} MB (weights, grads, AdamW moments, saved activations); "
-                      f"torch {growth['theirs']:.0f} MB")]
+    yield dict(section="peak memory", case="training step, mid: L6 H6 C384, B8 T256 (RSS growth)",
+               ours=[growth["ours"]], theirs=[growth["theirs"]],
+               note=f"ours = {growth['ours'] / minimum:.2f}x the analytic minimum {minimum:.0f} MB (weights, grads, "
+                    f"AdamW moments, saved activations)")
 
 
 def bench_transformers(threads, quick, repeats, context):
@@ -276,18 +285,19 @@ def bench_transformers(threads, quick, repeats, context):
         model.save_pretrained(directory)
         hf_model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
     vocab_size = model.config.vocab_size
-    rows = []
 
     seq_len = 64 if quick else 256
+    progress(f"  transformers, GPT-2 small forward, T={seq_len} ...")
     ids = np.random.default_rng(seq_len).integers(0, vocab_size, (1, seq_len))
     torch_ids = torch.from_numpy(ids)
     with torch.inference_mode():
         difference = np.abs(model(ids) - hf_model(torch_ids, use_cache=False).logits.numpy()).max()
         our_times, their_times = time_pair(lambda: model(ids), lambda: hf_model(torch_ids, use_cache=False), repeats)
-    rows.append(dict(section="transformers", case=f"GPT-2 small forward, B=1, T={seq_len}", ours=our_times,
-                     theirs=their_times, note=f"GPT2LMHeadModel; max |logit difference| {difference:.1e}"))
+    yield dict(section="transformers", case=f"GPT-2 small forward, B=1, T={seq_len}", ours=our_times,
+               theirs=their_times, note=f"GPT2LMHeadModel; max |logit difference| {difference:.1e}")
 
     prompt_len, new_tokens = (16, 16) if quick else (64, 128)
+    progress(f"  transformers, GPT-2 small greedy generation, {new_tokens} tokens ...")
     prompt = np.random.default_rng(prompt_len).integers(0, vocab_size, (1, prompt_len))
     torch_prompt = torch.from_numpy(prompt)
 
@@ -302,11 +312,10 @@ def bench_transformers(threads, quick, repeats, context):
     with torch.inference_mode():
         same_tokens = np.array_equal(generate_ours(), generate_theirs().numpy())
         our_times, their_times = time_pair(generate_ours, generate_theirs, max(1, repeats // 2))  # as bench_generation
-    rows.append(dict(section="transformers", case=f"GPT-2 small greedy, {new_tokens} tokens after {prompt_len}",
-                     ours=our_times, theirs=their_times,
-                     note=f"KV cache both; tokens/s {new_tokens / median(our_times):.1f} vs "
-                          f"{new_tokens / median(their_times):.1f}; same tokens: {'yes' if same_tokens else 'no'}"))
-    return rows
+    yield dict(section="transformers", case=f"GPT-2 small greedy, {new_tokens} tokens after {prompt_len}",
+               ours=our_times, theirs=their_times,
+               note=f"KV cache both; tokens/s {new_tokens / median(our_times):.1f} vs "
+                    f"{new_tokens / median(their_times):.1f}; same tokens: {'yes' if same_tokens else 'no'}")
 
 
 def bench_safetensors(threads, quick, repeats, context):
@@ -332,8 +341,8 @@ def bench_safetensors(threads, quick, repeats, context):
         our_times, their_times = time_pair(lambda: load_and_sum(load_file), lambda: load_and_sum(library_load_file),
                                            repeats)
         same = load_and_sum(load_file) == load_and_sum(library_load_file)
-    return [dict(section="safetensors load", case=f"{megabytes:.0f} MB, load + sum every tensor", ours=our_times,
-                 theirs=their_times, note=f"ours memory-maps (no copy); same sums: {same}")]
+    yield dict(section="safetensors load", case=f"{megabytes:.0f} MB, load + sum every tensor", ours=our_times,
+               theirs=their_times, note=f"ours memory-maps (no copy); same sums: {same}")
 
 
 ATTENTION_D_MODEL, ATTENTION_HEADS, WINDOW = 256, 4, 256
@@ -378,8 +387,9 @@ def bench_attention(threads, quick, repeats, context):
 
     from sparse_attention import SlidingWindow, Strided
 
-    rows, sliding_time_at_shortest = [], None
+    sliding_time_at_shortest = None
     for seq_len in ([1024] if quick else [1024, 2048, 4096, 8192]):
+        progress(f"  attention, T={seq_len}: memory, then sliding and strided against full ...")
         rng = np.random.default_rng(seq_len)
         x = rng.standard_normal((1, seq_len, ATTENTION_D_MODEL)).astype(np.float32)
         dout = rng.standard_normal((1, seq_len, ATTENTION_D_MODEL)).astype(np.float32)
@@ -390,26 +400,22 @@ def bench_attention(threads, quick, repeats, context):
         memory = {name: peak_memory_mib(run) for name, run in runs.items()}
         for name in list(layers)[1:]:
             ours, theirs = time_pair(runs[name], runs["full"], repeats)
-            note = (f"theirs = full causal attention; peak memory {memory[name]:.0f} MiB vs full "
-                    f"{memory['full']:.0f} MiB")
+            note = f"peak memory {memory[name]:.0f} MiB vs full {memory['full']:.0f} MiB"
             if name.startswith("sliding"):
                 sliding_time_at_shortest = sliding_time_at_shortest or median(ours)
                 note += f"; {median(ours) / sliding_time_at_shortest:.1f}x its T=1024 time"
-            rows.append(dict(section="attention", ours=ours, theirs=theirs, note=note,
-                             case=f"{name}, B=1, C={ATTENTION_D_MODEL}, H={ATTENTION_HEADS}, T={seq_len}"))
-    return rows
+            yield dict(section="attention", ours=ours, theirs=theirs, note=note,
+                       case=f"{name}, B=1, C={ATTENTION_D_MODEL}, H={ATTENTION_HEADS}, T={seq_len}")
 
 
 def bench_tokenizer(threads, quick, repeats, context):
     """Byte-level BPE: encoding tiny Shakespeare with GPT-2's files against tiktoken (same ids checked), and
     training a 4,096-token vocabulary on it. Skipped when ../shared is absent."""
-    from pathlib import Path
-
     from tokenizer import ByteBPETokenizer
 
-    shared = Path(__file__).resolve().parent.parent / "shared" / "data"
+    shared = SHARED / "data"
     if not (shared / "gpt2-tokenizer" / "vocab.json").exists() or not (shared / "tinyshakespeare.txt").exists():
-        return []
+        return
     text = (shared / "tinyshakespeare.txt").read_text(encoding="utf-8")
     megabytes = len(text.encode("utf-8")) / 1e6
     files = shared / "gpt2-tokenizer" / "vocab.json", shared / "gpt2-tokenizer" / "merges.txt"
@@ -420,19 +426,17 @@ def bench_tokenizer(threads, quick, repeats, context):
                                        lambda: reference.encode_ordinary(text), repeats)
     load_seconds = median_seconds(lambda: ByteBPETokenizer.from_files(*files), repeats)
     encode_seconds = [seconds - load_seconds for seconds in our_times]
+    yield dict(section="tokenizer", case="GPT-2 BPE encode, tiny Shakespeare (1.1 MB)", ours=encode_seconds,
+               theirs=their_times, note=f"MB/s ours {megabytes / median(encode_seconds):.1f} (cold word cache; "
+               f"loading the files {1000 * load_seconds:.0f} ms more), tiktoken "
+               f"{megabytes / median(their_times):.1f}; same ids: {same}")
     train_times = [timed(lambda: ByteBPETokenizer.train(text, 4096)) for _ in range(max(1, repeats // 2))]
-    return [dict(section="tokenizer", case="GPT-2 BPE encode, tiny Shakespeare (1.1 MB)", ours=encode_seconds,
-                 theirs=their_times, note=f"MB/s ours {megabytes / median(encode_seconds):.1f} (cold word cache; "
-                 f"loading the files {1000 * load_seconds:.0f} ms more), tiktoken "
-                 f"{megabytes / median(their_times):.1f}; same ids: {same}"),
-            dict(section="tokenizer", case="train a 4,096-token BPE on tiny Shakespeare", ours=train_times,
-                 theirs=None, note="no peer measured")]
+    yield dict(section="tokenizer", case="train a 4,096-token BPE on tiny Shakespeare", ours=train_times,
+               theirs=None, note="no peer measured")
 
 
 def tiktoken_gpt2(vocab_path, merges_path):
     """tiktoken's GPT-2 encoding built from local files (get_encoding("gpt2") would download them)."""
-    from pathlib import Path
-
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(merges_path), encoder_json_file=str(vocab_path))
@@ -452,26 +456,58 @@ def median_seconds(function, repeats):
 
 
 def shakespeare_reproduction(quick):
-    """Train nanoGPT's CPU quick-start config on tiny Shakespeare with train.py (2 threads, as the reference
-    run) and set the eval losses beside nanoGPT's from ../shared/reference; then the same run with adaptive
-    attention spans, at equal steps. Returns Markdown lines."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent
-    corpus = root.parent / "shared" / "data" / "tinyshakespeare.txt"
-    reference_file = root.parent / "shared" / "reference" / "nanogpt-cpu-shakespeare-char.md"
+    """Train nanoGPT's CPU quick-start config on tiny Shakespeare with train.py (2 threads, as the reference run),
+    then the same run with adaptive attention spans, at equal steps. Returns {"full" | "adaptive": {"rows": the
+    run's metrics.jsonl rows, "seconds": its wall time}, "reference": nanoGPT's losses}, or None when ../shared
+    has no tiny Shakespeare."""
+    corpus = SHARED / "data" / "tinyshakespeare.txt"
     if not corpus.exists():
-        return ["## Tiny Shakespeare (nanoGPT CPU quick start)", "", f"skipped: {corpus} is absent", ""]
-    reference = {}
+        progress(f"tiny Shakespeare skipped: {corpus} is absent")
+        return None
+    flags = ["--max-iters", "200", "--eval-interval", "100"] if quick else []
+    runs = {"reference": nanogpt_reference()}
+    for name, extra in (("full", []), ("adaptive", ["--adaptive-span"])):
+        progress(f"training on tiny Shakespeare ({name} attention) with train.py at 2 threads; its log follows")
+        rows, seconds = train_run(corpus, [*flags, *extra])
+        runs[name] = dict(rows=rows, seconds=seconds)
+    return runs
+
+
+def train_run(corpus, flags):
+    """One train.py run on tiny Shakespeare at 2 threads: (rows of metrics.jsonl, wall seconds). Its log goes to
+    stderr as progress."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as out_dir:
+        start = time.perf_counter()
+        completed = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(corpus), "--preset",
+                                    "shakespeare-char-cpu", "--out-dir", out_dir, "--sample-tokens", "0", *flags],
+                                   env={**os.environ, **{name: "2" for name in THREAD_VARIABLES}}, stdout=sys.stderr)
+        seconds = time.perf_counter() - start
+        if completed.returncode:
+            raise SystemExit(f"error: train.py failed with exit status {completed.returncode} (its output is above)")
+        return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()], seconds
+
+
+def nanogpt_reference():
+    """nanoGPT's (train, val) losses by iteration (as a string: JSON's keys are) from ../shared/reference, kept
+    with the results so that they render without ../shared; {} when absent."""
+    reference, reference_file = {}, SHARED / "reference" / "nanogpt-cpu-shakespeare-char.md"
     if reference_file.exists():
         for line in reference_file.read_text().splitlines():
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
             if len(cells) == 3 and cells[0].isdigit():
-                reference[int(cells[0])] = (float(cells[1]), float(cells[2]))
-    flags = ["--max-iters", "200", "--eval-interval", "100"] if quick else []
-    full, full_seconds = train_run(root, corpus, flags)
-    adaptive, adaptive_seconds = train_run(root, corpus, [*flags, "--adaptive-span"])
-    lines = ["## Tiny Shakespeare, nanoGPT's CPU quick start", "",
+                reference[cells[0]] = [float(cells[1]), float(cells[2])]
+    return reference
+
+
+def shakespeare_lines(runs):
+    """Markdown for shakespeare_reproduction's result, nanoGPT's losses beside ours."""
+    title = "## Tiny Shakespeare, nanoGPT's CPU quick start"
+    if runs is None:
+        return [title, "", "skipped: ../shared/data/tinyshakespeare.txt was absent", ""]
+    reference = runs["reference"]
+    full, adaptive = runs["full"]["rows"], runs["adaptive"]["rows"]
+    lines = [title, "",
              "`python train.py --data ../shared/data/tinyshakespeare.txt --preset shakespeare-char-cpu` "
              "(L4 H4 C128, B12 T64, 2000 iterations, lr 1e-3 -> 1e-4, 2 threads); nanoGPT's figures from "
              "`../shared/reference/nanogpt-cpu-shakespeare-char.md`. Eval losses average 20 batches: a few "
@@ -480,50 +516,62 @@ def shakespeare_reproduction(quick):
              "| iter | ours train | ours val | nanoGPT train | nanoGPT val | val difference | adaptive span val |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for row, adaptive_row in zip(full, adaptive):
-        theirs = reference.get(row["iter"])
+        theirs = reference.get(str(row["iter"]))
         their_cells = f"{theirs[0]:.4f} | {theirs[1]:.4f} | {row['val_loss'] - theirs[1]:+.4f}" if theirs else " | |"
         lines.append(f"| {row['iter']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {their_cells} | "
                      f"{adaptive_row['val_loss']:.4f} |")
-    lines += ["", f"Whole run {full_seconds:.0f} s wall including evaluation; median {full[-1]['ms_per_iter']:.1f} "
-              "ms/iter (nanoGPT's reference: 42.6 ms/iter, 3 min 05 s, on this kind of machine at 2 threads). "
-              f"With adaptive span: {adaptive_seconds:.0f} s, median {adaptive[-1]['ms_per_iter']:.1f} ms/iter.", "",
+    lines += ["", f"Whole run {runs['full']['seconds']:.0f} s wall including evaluation; median "
+              f"{full[-1]['ms_per_iter']:.1f} ms/iter (nanoGPT's reference: 42.6 ms/iter, 3 min 05 s, on this kind of "
+              f"machine at 2 threads). With adaptive span: {runs['adaptive']['seconds']:.0f} s, median "
+              f"{adaptive[-1]['ms_per_iter']:.1f} ms/iter.", "",
               "Learned spans (tokens) per head at the end of the adaptive-span run:", ""]
     lines += [f"- layer {layer}: " + ", ".join(f"{span:.1f}" for span in spans)
               for layer, spans in enumerate(adaptive[-1]["spans"])]
     return lines + [""]
 
 
-def train_run(root, corpus, flags):
-    """One train.py run on tiny Shakespeare at 2 threads: (rows of metrics.jsonl, wall seconds)."""
-    import tempfile
-    from pathlib import Path
-    with tempfile.TemporaryDirectory() as out_dir:
-        start = time.perf_counter()
-        completed = subprocess.run([sys.executable, str(root / "train.py"), "--data", str(corpus), "--preset",
-                                    "shakespeare-char-cpu", "--out-dir", out_dir, "--sample-tokens", "0", *flags],
-                                   env={**os.environ, **{name: "2" for name in THREAD_VARIABLES}},
-                                   capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if completed.returncode:
-            raise SystemExit(f"train.py failed:\n{completed.stderr}")
-        return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()], seconds
-
-
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
             "generation": bench_generation, "memory": bench_memory, "tokenizer": bench_tokenizer,
             "transformers": bench_transformers, "safetensors": bench_safetensors, "attention": bench_attention}
 
+# What each row section's two measured columns hold, and the unit: times are kept in seconds and shown in
+# milliseconds, memory is kept and shown in MB.
+COLUMNS = {
+    "matmul": ("NumPy", "PyTorch", "ms"),
+    "training step": ("ours", "PyTorch", "ms"),
+    "forward": ("ours", "PyTorch", "ms"),
+    "generation (KV cache)": ("ours", "PyTorch", "ms"),
+    "generation, no cache": ("ours without the cache", "ours with the KV cache", "ms"),
+    "peak memory": ("ours", "PyTorch", "MB"),
+    "tokenizer": ("ours", "tiktoken", "ms"),
+    "transformers": ("ours", "transformers", "ms"),
+    "safetensors load": ("safetensors_io", "safetensors library", "ms"),
+    "attention": ("sparse pattern", "full causal attention", "ms"),
+}
+
+
+def progress(message):
+    """One line on stderr, so that a run of many minutes shows where it is."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
 
 def worker(args):
-    """Runs inside a subprocess whose thread variables are already set; prints JSON rows."""
+    """Runs inside a subprocess whose thread variables are already set; prints JSON rows on stdout, progress on
+    stderr."""
     import numpy as np
-    repeats = args.repeats or (2 if args.quick else 5)
     import torch
+    repeats = args.repeats or (2 if args.quick else 5)
     torch.set_num_threads(args.worker)
     rows, context = [], {}
     for name in ["matmul", *[name for name in args.only if name != "matmul"]]:
-        rows.extend(SECTIONS[name](args.worker, args.quick, repeats, context))
-    info = dict(numpy=np.__version__, blas=blas_description(np))
+        progress(f"{args.worker} thread(s): {name}")
+        for row in SECTIONS[name](args.worker, args.quick, repeats, context):
+            rows.append(row)
+            ours_label, theirs_label, unit = COLUMNS[row["section"]]
+            progress(f"  done: {row['section']}, {row['case']}: {ours_label} {cell(row['ours'], unit)}, "
+                     f"{theirs_label} {cell(row['theirs'], unit)}")
+    info = dict(numpy=np.__version__, blas=blas_description(np), blas_kernel=openblas_kernel(),
+                torch=torch.__version__, torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     print(json.dumps(dict(rows=rows, info=info)))
 
 
@@ -536,39 +584,151 @@ def blas_description(np):
         return "unknown"
 
 
+# The instruction set of OpenBLAS's kernels for the core types it names most often on x86.
+KERNEL_SIMD = {"Sandybridge": "AVX", "Haswell": "AVX2", "Zen": "AVX2", "SkylakeX": "AVX-512", "Cooperlake": "AVX-512",
+               "SapphireRapids": "AVX-512"}
+
+
+def openblas_kernel():
+    """The core type whose kernels OpenBLAS picked at run time (a DYNAMIC_ARCH build picks by CPU, and not always
+    the widest: an AVX-512 CPU may run Haswell's AVX2 kernels), or None when NumPy's BLAS is not OpenBLAS.
+    Asked as threadpoolctl does, through the loaded library's get_corename function."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        return next((library.get("architecture") for library in threadpoolctl.threadpool_info()
+                     if library.get("internal_api") == "openblas"), None)
+    import ctypes
+    try:
+        with open("/proc/self/maps") as maps:  # the libraries loaded into this process (Linux)
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths, key=lambda path: "numpy" not in path):  # NumPy's own copy first
+        library = ctypes.CDLL(path)
+        for symbol in ("openblas_get_corename", "openblas_get_corename64_", "scipy_openblas_get_corename64_",
+                       "scipy_openblas_get_corename"):
+            get_corename = getattr(library, symbol, None)
+            if get_corename is not None:
+                get_corename.restype = ctypes.c_char_p
+                return get_corename().decode()
+    return None
+
+
+def machine_description():
+    """The CPU the run measures on: its model, cores and widest vector extension (OpenBLAS and PyTorch choose
+    their kernels by it, and the ratios change with them)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass  # not Linux: the model from platform, the SIMD level unknown
+    return dict(cpu=model, cores=os.cpu_count(), architecture=platform.machine(), simd=simd_level(flags),
+                python=platform.python_version())
+
+
+def simd_level(flags):
+    """The widest x86 vector extension among a CPU's flags (as /proc/cpuinfo spells them)."""
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")):
+        if flag in flags:
+            return name
+    return "unknown"
+
+
 def median(values):
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
 
 
-def milliseconds(seconds):
-    """'median [min - max]' in milliseconds, or '-' when nothing was measured."""
-    if not seconds:
+def cell(values, unit):
+    """'median [min - max]' of measurements in seconds shown as ms, or in MB as they are; '-' when none."""
+    if not values:
         return "-"
-    return f"{median(seconds) * 1e3:.1f} [{min(seconds) * 1e3:.1f} - {max(seconds) * 1e3:.1f}]"
+    scale = 1e3 if unit == "ms" else 1.0
+    return f"{median(values) * scale:.1f} [{min(values) * scale:.1f} - {max(values) * scale:.1f}]"
 
 
-def markdown_table(results, command):
-    import torch
-    info = next(iter(results.values()))["info"]
+def markdown(results):
+    """BENCHMARKS.md's text from a run's results (the JSON bench.py saves): the machine at the top, then one table
+    per benchmark with its own column names, a row per case and thread count, then tiny Shakespeare."""
+    machine = results["machine"]
+    info = next(iter(results["threads"].values()))["info"]
+    kernel = info.get("blas_kernel")
+    kernel = f"{kernel} kernels ({KERNEL_SIMD[kernel]})" if kernel in KERNEL_SIMD else f"{kernel} kernels"
     lines = ["# Benchmarks", "",
-             f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"NumPy {info['numpy']} ({info['blas']}), PyTorch {torch.__version__} (CPU)",
-             "", "Times in milliseconds: median over the repetitions, [min - max] beside it. Ratio = ours / PyTorch "
-             "(below 1 means we are faster). Both sides run with the same thread count, in the same process, "
-             "alternating.", ""]
-    for threads, result in results.items():
-        lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
-                  "| benchmark | case | ours (ms) | PyTorch (ms) | ratio | note |", "|---|---|---:|---:|---:|---|"]
+             f"Command: `{results['command']}`  ", f"Date: {results['date']}  ",
+             f"CPU: {machine['cpu']}, {machine['cores']} cores ({machine['architecture']}), widest SIMD: "
+             f"{machine['simd']}  ",
+             f"NumPy {info['numpy']} with {info['blas']}, running {kernel}; PyTorch {info['torch']}, CPU "
+             f"capability {info['torch_cpu_capability']}; Python {machine['python']}"]
+    if machine.get("source"):
+        lines += ["", machine["source"]]
+    lines += ["", "Times in milliseconds (memory in MB): median over the repetitions, [min - max] beside it. Ratio = "
+              "the first measured column / the second (below 1: the first is faster or smaller). Both sides run with "
+              "the same thread count, in the same process, alternating.", ""]
+    sections = {}  # section -> [(threads, row)], in the order the run measured them
+    for threads, result in results["threads"].items():
         for row in result["rows"]:
+            sections.setdefault(row["section"], []).append((threads, row))
+    for section, rows in sections.items():
+        ours_label, theirs_label, unit = COLUMNS[section]
+        lines += [f"## {section}", "",
+                  f"| threads | case | {ours_label} ({unit}) | {theirs_label} ({unit}) | ratio | note |",
+                  "|---:|---|---:|---:|---:|---|"]
+        for threads, row in rows:
             measured_peer = bool(row["theirs"]) and median(row["theirs"]) > 0
             ratio = f"{median(row['ours']) / median(row['theirs']):.2f}" if measured_peer else "-"
-            lines.append(f"| {row['section']} | {row['case']} | {milliseconds(row['ours'])} | "
-                         f"{milliseconds(row['theirs'])} | {ratio} | {row['note']} |")
+            lines.append(f"| {threads} | {row['case']} | {cell(row['ours'], unit)} | {cell(row['theirs'], unit)} | "
+                         f"{ratio} | {row['note']} |")
         lines.append("")
+    if "shakespeare" in results:
+        lines += shakespeare_lines(results["shakespeare"])
     return "\n".join(lines)
+
+
+def is_complete(args):
+    """Whether a run measures everything a full run does (and so may replace the committed BENCHMARKS.md)."""
+    return (not args.quick and args.threads is None and args.repeats is None and set(args.only) == set(SECTIONS)
+            and args.shakespeare is not False)
+
+
+def output_path(args):
+    """Where the Markdown goes (the raw JSON beside it, same name with .json): --out when given; BENCHMARKS.md for
+    a complete run; a partial one (--quick, --only, --threads, --repeats, --no-shakespeare) goes under bench-runs/,
+    which git ignores, so a smoke run never replaces the committed results."""
+    if args.out:
+        return Path(args.out)
+    if is_complete(args):
+        return ROOT / "BENCHMARKS.md"
+    return ROOT / "bench-runs" / time.strftime("%Y%m%d-%H%M%S.md")
+
+
+def write_text(path, text):
+    from atomic_files import atomic_output
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as file:
+        file.write(text.encode("utf-8"))
+
+
+def render(json_path, out):
+    """Write the Markdown for results saved earlier, measuring nothing."""
+    try:
+        results = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        text = markdown(results)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as error:
+        raise SystemExit(f"error: cannot render {json_path}: bench.py's results JSON expected ({error!r})") from None
+    path = Path(out) if out else Path(json_path).with_suffix(".md")
+    write_text(path, text + "\n")
+    progress(f"written to {path}")
 
 
 def main(argv=None):
@@ -577,33 +737,39 @@ def main(argv=None):
         return memory_probe(args.memory_probe)
     if args.worker is not None:
         return worker(args)
+    if args.render:
+        return render(args.render, args.out)
     try:
         import torch  # noqa: F401  (checked here so the user hears about it before any timing)
     except ImportError:
         raise SystemExit("bench.py compares against PyTorch: pip install -r requirements-oracle.txt") from None
-    results = {}
+    markdown_path = output_path(args)
+    json_path = markdown_path.with_suffix(".json")
+    results = dict(command=" ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]),
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine_description(), threads={})
     for threads in args.threads or ([1] if args.quick else [1, 2]):
         environment = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
         command = [sys.executable, __file__, "--worker", str(threads)]
         command += ["--quick"] if args.quick else []
         command += ["--repeats", str(args.repeats)] if args.repeats else []
         command += ["--only", *args.only]
-        print(f"running at {threads} thread(s) ...", file=sys.stderr)
-        completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+        progress(f"running at {threads} thread(s) in a new process")
+        completed = subprocess.run(command, env=environment, stdout=subprocess.PIPE, text=True)  # progress: stderr
         if completed.returncode:
-            raise SystemExit(f"benchmark worker failed:\n{completed.stderr}")
-        results[threads] = json.loads(completed.stdout.strip().splitlines()[-1])
+            raise SystemExit(f"error: the benchmark worker failed with exit status {completed.returncode} (its "
+                             f"output is above)")
+        results["threads"][str(threads)] = json.loads(completed.stdout.strip().splitlines()[-1])
         # The raw seconds, kept even if anything below fails: hours of measurement are not to be lost.
-        with open(os.path.splitext(args.output)[0] + ".json", "w") as file:
-            json.dump(results, file, indent=1)
-    text = markdown_table(results, " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]))
+        write_text(json_path, json.dumps(results, indent=1))
     if args.shakespeare if args.shakespeare is not None else not args.quick:
-        print("training on tiny Shakespeare ...", file=sys.stderr)
-        text += "\n" + "\n".join(shakespeare_reproduction(args.quick))
+        results["shakespeare"] = shakespeare_reproduction(args.quick)
+        write_text(json_path, json.dumps(results, indent=1))
+    text = markdown(results)
     print(text)
-    with open(args.output, "w") as file:
-        file.write(text + "\n")
-    print(f"\nwritten to {args.output}", file=sys.stderr)
+    write_text(markdown_path, text + "\n")
+    progress(f"written to {markdown_path} and {json_path}")
+    if not is_complete(args) and not args.out:
+        progress("a partial run: BENCHMARKS.md keeps the full run's results (--out BENCHMARKS.md replaces them)")
 
 
 if __name__ == "__main__":
