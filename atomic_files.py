@@ -1,10 +1,17 @@
-"""Files that appear whole or not at all, so that a crash or an error never leaves half a file behind, and a
-lock that keeps a second process out of a directory in use."""
+"""Files that appear whole or not at all, so that a crash or an error never leaves half a file behind, a lock
+that keeps a second process out of a directory in use, and the one strict reader of the JSON files others wrote."""
+from __future__ import annotations
+
 import contextlib
+import json
 import os
+import reprlib
 import socket
 import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 try:
     import fcntl
@@ -13,7 +20,7 @@ except ImportError:  # Windows: no flock
 
 
 @contextlib.contextmanager
-def atomic_output(path):
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write that replaces `path` only when the `with` block succeeds.
 
     It is a temporary file in the same directory (os.replace is atomic within one file system), flushed
@@ -36,7 +43,7 @@ def atomic_output(path):
     fsync_directory(path.parent)
 
 
-def fsync_directory(directory):
+def fsync_directory(directory: str | os.PathLike) -> None:
     """Make a rename durable: on POSIX it lives in the directory, which has buffers of its own."""
     if os.name != "posix":
         return
@@ -50,13 +57,13 @@ def fsync_directory(directory):
 class LockHeld(RuntimeError):
     """Another process holds the lock; `holder` says which ("pid 123 on host")."""
 
-    def __init__(self, path, holder):
+    def __init__(self, path: str | os.PathLike, holder: str) -> None:
         super().__init__(f"{path} is held by {holder}")
         self.holder = holder
 
 
 @contextlib.contextmanager
-def exclusive_lock(path):
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an advisory lock on the file `path` (created if missing) for the `with` block, or raise LockHeld at
     once when another process holds it.
 
@@ -77,3 +84,34 @@ def exclusive_lock(path):
         yield
     finally:
         os.close(descriptor)
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The JSON value in the UTF-8 file `path`; every flaw is a ValueError that names the file.
+
+    Stricter than json.load where a lenient reading would be silently wrong or crash deep inside: a key given
+    twice in one object is refused (a dict would keep the last one), and nesting too deep for the parser or an
+    integer of thousands of digits is a ValueError, not a RecursionError. A missing or unreadable file is the
+    OSError open() raises (FileNotFoundError, IsADirectoryError, ...), left for the caller to word.
+    """
+    with open(path, "rb") as file:
+        raw = file.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_repeated_keys)
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # a syntax error, a repeated key, an integer of thousands of digits
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict; a key given twice is an error (a plain dict would keep the last silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise ValueError(f"the key {reprlib.repr(repeated)} appears more than once in an object")
+    return obj

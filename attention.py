@@ -4,10 +4,14 @@ One kernel, `attend`, computes softmax(q k^T) v for any arrangement of queries a
 An AttentionPattern decides which keys each query may see and arranges queries and keys for the
 kernel; the base class here is full causal attention, sparse_attention.py holds the sparse patterns.
 """
+from __future__ import annotations
+
 import math
 from collections import namedtuple
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from module import Dropout, Module, linear_backward, linear_forward
 
@@ -26,7 +30,7 @@ KernelCache = namedtuple("KernelCache", "scaled_queries keys values probs span_m
                                         "dropped_weights dropout_mask")
 
 
-def softmax(scores):
+def softmax(scores: np.ndarray) -> np.ndarray:
     """Numerically stable softmax over the last axis, computed in place (scores is overwritten and
     returned): subtracting the row maximum keeps exp() <= 1. Entries at -inf (masked) come out exactly 0."""
     scores -= scores.max(axis=-1, keepdims=True)
@@ -35,7 +39,7 @@ def softmax(scores):
     return scores
 
 
-def softmax_backward(dprobs, probs):
+def softmax_backward(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Jacobian-vector product of softmax, in place on dprobs: ds_j = p_j (dp_j - sum_k dp_k p_k).
     einsum forms the row sums sum_k dp_k p_k without a (..., T, Tk) temporary."""
     dprobs -= np.einsum("...ij,...ij->...i", dprobs, probs)[..., None]
@@ -43,7 +47,8 @@ def softmax_backward(dprobs, probs):
     return dprobs
 
 
-def attend(scaled_queries, keys, values, blocked, dropout, span_mask=None):
+def attend(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blocked: np.ndarray, dropout: Dropout,
+           span_mask: np.ndarray | None = None) -> tuple[np.ndarray, KernelCache]:
     """The attention kernel: out = dropout(softmax(q k^T, blocked pairs excluded)) v.
 
     scaled_queries: (..., Tq, D), already multiplied by 1 / sqrt(D); keys, values: (..., Tk, D);
@@ -66,7 +71,8 @@ def attend(scaled_queries, keys, values, blocked, dropout, span_mask=None):
     return dropped_weights @ values, cache
 
 
-def attend_backward(dout, cache):
+def attend_backward(dout: np.ndarray, cache: KernelCache
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """dout (..., Tq, D) -> gradients of `attend` with respect to scaled_queries, keys, values and the
     span mask (None when there was none)."""
     scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights, dropout_mask = cache
@@ -83,9 +89,22 @@ def attend_backward(dout, cache):
     return dscores @ keys, dscores.swapaxes(-1, -2) @ scaled_queries, dvalues, dspan_mask
 
 
-def causal_blocked(query_positions, key_positions):
+def causal_blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
     """The rule of full causal attention: a query sees every key at or before its own position."""
     return key_positions > query_positions
+
+
+class Layout(Protocol):
+    """How a head group arranges queries and keys for the kernel (DenseLayout here, the blocked ones in
+    sparse_attention.py): positions shaped to broadcast against its scores, and the maps in and out of it."""
+
+    query_positions: np.ndarray
+    key_positions: np.ndarray
+
+    def gather_queries(self, x: np.ndarray) -> np.ndarray: ...
+    def gather_keys(self, x: np.ndarray) -> np.ndarray: ...
+    def scatter_queries(self, grouped: np.ndarray) -> np.ndarray: ...
+    def scatter_keys(self, grouped: np.ndarray) -> np.ndarray: ...
 
 
 class DenseLayout:
@@ -96,18 +115,18 @@ class DenseLayout:
     with the head axis at 1, so that one rule written on positions masks any layout.
     """
 
-    def __init__(self, query_positions, key_positions):
+    def __init__(self, query_positions: np.ndarray, key_positions: np.ndarray) -> None:
         self.query_positions = np.atleast_2d(query_positions)[:, None, :, None]   # (B or 1, 1, Tq, 1)
         self.key_positions = np.atleast_2d(key_positions)[:, None, None, :]       # (B or 1, 1, 1, Tk)
 
-    def gather_queries(self, x):
+    def gather_queries(self, x: np.ndarray) -> np.ndarray:
         """(B, h, T, D) -> the layout's arrangement; identity here."""
         return x
 
     gather_keys = scatter_queries = scatter_keys = gather_queries
 
 
-def sequence_layout(seq_len):
+def sequence_layout(seq_len: int) -> DenseLayout:
     """The dense layout of a plain forward pass: queries and keys at positions 0..seq_len-1."""
     positions = np.arange(seq_len)
     return DenseLayout(positions, positions)
@@ -128,22 +147,24 @@ class AttentionPattern(Module):
 
     window = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.cache = None
 
-    def head_groups(self, n_heads):
+    def head_groups(self, n_heads: int) -> list[HeadGroup]:
+        """The head groups of this pattern for n_heads heads: here one, all heads, full causal attention."""
         return [HeadGroup(slice(0, n_heads), causal_blocked, sequence_layout)]
 
-    def span_mask(self, layout):
+    def span_mask(self, layout: Layout) -> np.ndarray | None:
         """Weights broadcastable to the layout's scores that multiply the attention weights; None: no
         such mask (only the adaptive span has one)."""
         return None
 
-    def span_mask_backward(self, dspan_mask, span_mask):
+    def span_mask_backward(self, dspan_mask: np.ndarray, span_mask: np.ndarray | None) -> None:
         """Accumulate the gradient of the pattern's parameters from d span_mask."""
 
-    def forward(self, scaled_queries, keys, values, dropout, query_positions=None, key_positions=None):
+    def forward(self, scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, dropout: Dropout,
+                query_positions: np.ndarray | None = None, key_positions: np.ndarray | None = None) -> np.ndarray:
         """scaled_queries: (B, H, Tq, D); keys, values: (B, H, Tk, D) -> (B, H, Tq, D).
 
         Without positions the tokens sit at 0..T-1 (Tq == Tk) and each group uses its own layout. With
@@ -165,7 +186,7 @@ class AttentionPattern(Module):
             self.cache.append((group.heads, layout, kernel_cache))
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """dout (B, H, T, D) -> gradients with respect to scaled_queries, keys and values, (B, H, T, D) each."""
         dscaled_queries, dkeys, dvalues = [], [], []
         for heads, layout, kernel_cache in self.cache:
@@ -179,7 +200,7 @@ class AttentionPattern(Module):
             return dscaled_queries[0], dkeys[0], dvalues[0]
         return tuple(np.concatenate(grads, axis=1) for grads in (dscaled_queries, dkeys, dvalues))
 
-    def dense_weights(self):
+    def dense_weights(self) -> np.ndarray:
         """The attention weights (B, H, Tq, Tk) of the last forward pass, which must have run with
         positions (densely): for pictures."""
         return np.concatenate([kernel_cache.weights for _, _, kernel_cache in self.cache], axis=1)
@@ -194,7 +215,8 @@ class CausalSelfAttention(Module):
     (an AttentionPattern; default full causal attention).
     """
 
-    def __init__(self, d_model, n_heads, dropout, rng, dtype, pattern=None):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, rng: np.random.Generator, dtype: npt.DTypeLike,
+                 pattern: AttentionPattern | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
@@ -207,13 +229,14 @@ class CausalSelfAttention(Module):
         self.residual_dropout = Dropout(dropout, rng)
         self.cache = None
 
-    def split_heads(self, qkv):
+    def split_heads(self, qkv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, T, 3C) -> queries, keys, values, each (B, H, T, D)."""
         B, T, _ = qkv.shape
         heads = qkv.reshape(B, T, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         return heads[0], heads[1], heads[2]
 
-    def forward(self, x, kv_cache=None, key_padding=None, positions=None):
+    def forward(self, x: np.ndarray, kv_cache: KVCache | None = None, key_padding: np.ndarray | None = None,
+                positions: np.ndarray | None = None) -> np.ndarray:
         """x: (B, T, C) -> (B, T, C).
 
         For inference (incremental decoding): kv_cache, a KVCache with the keys, values and positions of
@@ -246,7 +269,8 @@ class CausalSelfAttention(Module):
         self.cache = (x, merged)
         return self.residual_dropout.forward(out)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (B, T, C) -> dx (B, T, C); adds the gradients of the four projections' parameters."""
         x, merged = self.cache
         B, T, C = x.shape
         p, g = self.params, self.grads
@@ -273,7 +297,8 @@ class KVCache:
     in constant memory.
     """
 
-    def __init__(self, batch_size, n_heads, capacity, head_dim, dtype, rolling=False):
+    def __init__(self, batch_size: int, n_heads: int, capacity: int, head_dim: int, dtype: npt.DTypeLike,
+                 rolling: bool = False) -> None:
         slots = capacity if rolling else 0
         self.keys = np.zeros((batch_size, n_heads, slots, head_dim), dtype=dtype)
         self.values = np.zeros_like(self.keys)
@@ -282,7 +307,7 @@ class KVCache:
         self.rolling = rolling
         self.length = 0  # tokens appended so far
 
-    def grow(self, slots):
+    def grow(self, slots: int) -> None:
         """Move the filled slots into buffers of `slots` slots."""
         keys = np.zeros(self.keys.shape[:2] + (slots,) + self.keys.shape[3:], dtype=self.keys.dtype)
         values = np.zeros_like(keys)
@@ -292,7 +317,8 @@ class KVCache:
         positions[:, :self.length] = self.positions[:, :self.length]
         self.keys, self.values, self.positions = keys, values, positions
 
-    def append(self, keys, values, positions):
+    def append(self, keys: np.ndarray, values: np.ndarray, positions: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Store keys, values (B, H, T, D) of the tokens at positions (B, T). Returns the keys, values
         (B, H, Tk, D) and positions (B, Tk) that the new tokens' queries may need (in any order)."""
         T, capacity = keys.shape[2], self.capacity

@@ -485,7 +485,8 @@ def train_run(corpus, flags):
         seconds = time.perf_counter() - start
         if completed.returncode:
             raise SystemExit(f"error: train.py failed with exit status {completed.returncode} (its output is above)")
-        return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()], seconds
+        rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+        return [row for row in rows if row.get("kind", "eval") == "eval"], seconds
 
 
 def nanogpt_reference():

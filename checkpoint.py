@@ -5,7 +5,8 @@
     DIR/optimizer.npz    AdamW state (moments and step), when training
     DIR/state.json       the model's random generator state, plus what the caller adds (train.py: iteration,
                          best validation loss, the batch generator's state, the run's settings)
-    DIR/tokenizer.json   a CharTokenizer, or DIR/vocab.json + DIR/merges.txt for a byte-level BPE one
+    DIR/tokenizer.json   the tokenizer as its save(directory) writes it: tokenizer.json for a CharTokenizer,
+    DIR/vocab.json ...   vocab.json + merges.txt for a byte-level BPE one (read back by tokenizer.load_tokenizer)
     DIR/manifest.json    written last: this save's number and every other file's size and SHA-256
 
 Saving (save_checkpoint) serializes the JSON files in memory first, so bad values fail before anything is
@@ -20,8 +21,14 @@ for a training run's OUT_DIR/checkpoint), the complete copy (a valid manifest, e
 the highest save number. read_checkpoint then checks all of it before returning any of it: checksums, JSON
 types, every .npy header (name, shape, dtype) against config.parameter_shapes() before its data is read,
 so a crafted header or a zip bomb allocates nothing, values, generator states. Anything wrong is a
-CheckpointError. load_config, load_model, load_tokenizer and load_training_state are views of it.
+CheckpointError. load_config, load_tokenizer, load_state and load_training_state are views of it.
+
+From Python, TransformerLM.save(directory) / TransformerLM.load(directory) write and read a model (and its
+tokenizer) this way; train.train saves the optimizer and the run's state too. This module builds no model
+(transformer_lm imports it, not the reverse): Checkpoint.load_into fills a model its caller built.
 """
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import hashlib
@@ -30,13 +37,19 @@ import math
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from atomic_files import fsync_directory
-from tokenizer import ByteBPETokenizer, CharTokenizer
-from transformer_lm import TransformerConfig, TransformerLM
+from atomic_files import read_json as read_json_file
+from tokenizer import load_tokenizer as read_tokenizer_files
+from transformer_config import TransformerConfig
+
+if TYPE_CHECKING:
+    from transformer_lm import TransformerLM
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "numpy-gpt checkpoint, version 1"
@@ -59,15 +72,17 @@ class Checkpoint:
     model_rng: dict              # the model's PCG64 state
     state: dict                  # the rest of state.json
     tokenizer: object            # a CharTokenizer, a ByteBPETokenizer or None
-    optimizer_state: dict = None  # AdamW.state_dict() form, when read with optimizer=True
+    optimizer_state: dict | None = None  # AdamW.state_dict() form, when read with optimizer=True
 
-    def model(self, seed=0):
-        """A TransformerLM with this config and weights; its dropout generator seeded by `seed`."""
-        model = TransformerLM(self.config, seed=seed)
+    def load_into(self, model: TransformerLM, restore_rng: bool = True) -> None:
+        """Put the weights and the tokenizer (model.tokenizer) into a model built with this config; with
+        restore_rng its dropout generator continues where the saved model's stood."""
         load_parameters(model, self.parameters, self.directory / "model.npz")
-        return model
+        if restore_rng:
+            model.rng.bit_generator.state = self.model_rng
+        model.tokenizer = self.tokenizer
 
-    def restore(self, model, optimizer):
+    def restore(self, model: TransformerLM, optimizer) -> None:
         """Put the weights, the optimizer's moments and the dropout generator's state into `model` and
         `optimizer` (read with optimizer=True); nothing changes unless all of it fits them."""
         load_parameters(model, self.parameters, self.directory / "model.npz", check_only=True)
@@ -81,7 +96,8 @@ class Checkpoint:
 
 # ---------------------------------------------------------------------------------------------------- saving
 
-def save_checkpoint(directory, model, optimizer=None, tokenizer=None, state=None):
+def save_checkpoint(directory: str | os.PathLike, model: TransformerLM, optimizer=None, tokenizer=None,
+                    state: dict | None = None) -> None:
     """Write model (+ optimizer, tokenizer, JSON-serializable `state`) as the checkpoint `directory`; a crash at
     any point leaves the previous checkpoint or this one complete, and readers find whichever is newer."""
     directory = Path(directory)
@@ -98,10 +114,8 @@ def save_checkpoint(directory, model, optimizer=None, tokenizer=None, state=None
         np.savez(staging / "model.npz", **model.parameters())
         if optimizer is not None:
             np.savez(staging / "optimizer.npz", **optimizer.state_dict())
-        if isinstance(tokenizer, CharTokenizer):
-            tokenizer.save(staging / "tokenizer.json")
-        elif tokenizer is not None:
-            tokenizer.save(staging)  # a ByteBPETokenizer: vocab.json + merges.txt
+        if tokenizer is not None:
+            tokenizer.save(staging)
         seal(staging, number + 1)
         settle(directory)
     except OSError as error:
@@ -112,14 +126,14 @@ def save_checkpoint(directory, model, optimizer=None, tokenizer=None, state=None
                               "any, is kept") from None
 
 
-def to_json(data, what):
+def to_json(data: object, what: str) -> bytes:
     try:
         return json.dumps(data, indent=2).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{what} cannot be saved as JSON: {error}") from None
 
 
-def seal(staging, number):
+def seal(staging: Path, number: int) -> None:
     """Make every file durable, then write the manifest that marks the copy complete, then make it durable."""
     files = {}
     for path in sorted(staging.iterdir()):
@@ -136,7 +150,7 @@ def seal(staging, number):
     fsync_directory(staging)
 
 
-def settle(directory):
+def settle(directory: Path) -> None:
     """Finish what an interrupted save left: make DIR the newest complete copy and remove the other two.
     Every step keeps the newest complete copy in place, so a crash in here loses nothing either."""
     staging, previous = sibling(directory, STAGING), sibling(directory, PREVIOUS)
@@ -155,19 +169,19 @@ def settle(directory):
     remove(previous, missing_ok=True)
 
 
-def remove(path, missing_ok=False):
+def remove(path: Path, missing_ok: bool = False) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif os.path.lexists(path) or not missing_ok:
         os.unlink(path)
 
 
-def sibling(directory, suffix):
+def sibling(directory: Path, suffix: str) -> Path:
     directory = directory if directory.name else directory.absolute()  # "." has no name to add a suffix to
     return directory.with_name(directory.name + suffix)
 
 
-def file_digest(path):
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -177,7 +191,7 @@ def file_digest(path):
 
 # ------------------------------------------------------------------------------------------ finding the copy
 
-def resolve_directory(directory):
+def resolve_directory(directory: str | os.PathLike) -> Path:
     """The copy every reader reads: the complete one with the highest save number among DIR, DIR.incoming
     and DIR.previous, for `directory` itself or else for `directory`/checkpoint (a training run's out dir)."""
     directory = Path(directory)
@@ -193,7 +207,7 @@ def resolve_directory(directory):
                           f"(or in {directory / 'checkpoint'})")
 
 
-def newest_copy(directory):
+def newest_copy(directory: Path) -> tuple[Path | None, list[str]]:
     """(the complete copy of `directory` with the highest save number or None, why the others are not complete).
     Ties go to the first of DIR, DIR.incoming, DIR.previous."""
     best, best_number, problems = None, -1, []
@@ -206,7 +220,7 @@ def newest_copy(directory):
     return best, problems
 
 
-def save_number(path):
+def save_number(path: Path) -> tuple[int | None, str | None]:
     """(save number, None) for a complete copy at `path`, (None, why not) otherwise; (None, None) when there is
     nothing there. A copy written before manifests existed (all of REQUIRED_FILES, no manifest) counts as
     complete with number 0, except a staging copy, which was never finished."""
@@ -227,7 +241,7 @@ def save_number(path):
     return manifest["save"], None
 
 
-def read_manifest(path):
+def read_manifest(path: Path) -> dict:
     """A copy's manifest, checked: {"format", "save": int >= 1, "files": {file name: {"size", "sha256"}}}."""
     manifest = read_json(path / MANIFEST)
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -249,7 +263,7 @@ def read_manifest(path):
 
 # -------------------------------------------------------------------------------------------------- reading
 
-def read_checkpoint(directory, optimizer=False, training=False):
+def read_checkpoint(directory: str | os.PathLike, optimizer: bool = False, training: bool = False) -> Checkpoint:
     """The newest complete checkpoint in `directory` (see resolve_directory), every part validated before any is
     returned. optimizer: also read optimizer.npz (it must be there). training: state.json must also hold
     train.py's iteration, best_val_loss, data_rng and settings (always checked when present)."""
@@ -278,7 +292,7 @@ def read_checkpoint(directory, optimizer=False, training=False):
     return Checkpoint(path, config, parameters, model_rng, state, tokenizer, optimizer_state)
 
 
-def checksum_verifier(path):
+def checksum_verifier(path: Path) -> Callable[[str], bool]:
     """A function that checks a file of the copy at `path` against the SHA-256 its manifest recorded (a copy
     written before manifests has none to check) and says which files the copy holds."""
     manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
@@ -300,22 +314,22 @@ def checksum_verifier(path):
     return verify
 
 
-def read_json(path, verify=None):
-    """A JSON file's value; with `verify`, the file is first checked against the manifest."""
+def read_json(path: Path, verify: Callable[[str], bool] | None = None) -> object:
+    """A JSON file's value (atomic_files.read_json: strict); with `verify`, the file is first checked against the
+    manifest."""
     if verify is not None and not verify(path.name):
         raise CheckpointError(f"checkpoint file {path} is missing")
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
+        return read_json_file(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} is missing") from None
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint file {path} ({error})") from None
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, too many digits
+    except ValueError as error:  # not UTF-8, not JSON, a repeated key, nested too deeply, too many digits
         raise CheckpointError(f"checkpoint file {path} is not valid JSON ({error})") from None
 
 
-def read_config(path, verify=None):
+def read_config(path: Path, verify: Callable[[str], bool] | None = None) -> TransformerConfig:
     fields = read_json(path / "config.json", verify)
     if not isinstance(fields, dict):
         raise CheckpointError(f"{path / 'config.json'} must hold a JSON object of TransformerConfig fields")
@@ -328,7 +342,7 @@ def read_config(path, verify=None):
         raise CheckpointError(f"{path / 'config.json'}: {error}") from None
 
 
-def read_arrays(path, verify, make_specs):
+def read_arrays(path: Path, verify: Callable[[str], bool], make_specs: Callable[[int], dict]) -> dict:
     """name -> array from an .npz file that must hold exactly the arrays `make_specs(number of members)` describes
     (name -> (shape, allowed dtypes)). Each member's .npy header is checked against its spec before its data
     is read, and members must be stored uncompressed, as np.savez writes them: nothing is allocated beyond what
@@ -358,7 +372,8 @@ def read_arrays(path, verify, make_specs):
         raise CheckpointError(f"checkpoint file {path} is truncated or corrupt ({error})") from None
 
 
-def read_member(archive, member, shape, dtypes, path):
+def read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, shape: tuple, dtypes: tuple,
+                path: Path) -> np.ndarray:
     """One .npy member of an .npz archive, checked against (shape, dtypes) before its data is read."""
     name = member.filename.removesuffix(".npy")
     if member.compress_type != zipfile.ZIP_STORED or member.compress_size != member.file_size:
@@ -388,7 +403,7 @@ def read_member(archive, member, shape, dtypes, path):
     return array
 
 
-def check_state(state, source, training):
+def check_state(state: object, source: Path, training: bool) -> tuple[dict, dict]:
     """(the model's generator state, the rest of state.json), every entry checked."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source} must hold a JSON object, got a JSON {type(state).__name__}")
@@ -404,14 +419,14 @@ def check_state(state, source, training):
     return model_rng, state
 
 
-def check_training_entry(test, expected):
+def check_training_entry(test: Callable[[object], bool], expected: str) -> Callable[[object, str, Path], None]:
     def check(value, key, source):
         if not test(value):
             raise CheckpointError(f"{source}: {key!r} must be {expected}, got {value!r}")
     return check
 
 
-def check_generator_state(value, key, source):
+def check_generator_state(value: object, key: str, source: Path) -> dict:
     """A PCG64 state (what np.random.default_rng uses) that a fresh PCG64 takes exactly as written."""
     expected = "a PCG64 state as bit_generator.state gives it"
     if not isinstance(value, dict) or value.get("bit_generator") != "PCG64":
@@ -438,52 +453,44 @@ TRAINING_STATE = {
 }
 
 
-def read_tokenizer(path, verify):
+def read_tokenizer(path: Path, verify: Callable[[str], bool]):
     """The copy's tokenizer, or None when it was saved without one."""
+    # Every tokenizer file is verified (not only the first found): the loader then picks the class.
+    if not any([verify(name) for name in ("tokenizer.json", "vocab.json", "merges.txt")]):
+        return None
     try:
-        if verify("tokenizer.json"):
-            tokenizer = CharTokenizer.load(path / "tokenizer.json")
-        elif verify("vocab.json") | verify("merges.txt"):  # both verified; the loader says which one is missing
-            tokenizer = ByteBPETokenizer.load(path)
-        else:
-            return None
+        return read_tokenizer_files(path)
     except (OSError, TypeError, ValueError, KeyError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"the tokenizer files in {path} are not valid ({error})") from None
-    return tokenizer
 
 
-def is_integer(value, minimum):
+def is_integer(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 # ------------------------------------------------------------------------------------- views of a checkpoint
 
-def load_config(directory):
+def load_config(directory: str | os.PathLike) -> TransformerConfig:
     """The TransformerConfig of the newest complete checkpoint in `directory` (only config.json is read)."""
     path = resolve_directory(directory)
     return read_config(path, checksum_verifier(path))
 
 
-def load_model(directory, seed=0):
-    """A TransformerLM with the checkpoint's config and weights; its dropout generator seeded by `seed`."""
-    return read_checkpoint(directory).model(seed)
-
-
-def load_tokenizer(directory):
+def load_tokenizer(directory: str | os.PathLike):
     """The checkpoint's tokenizer, or None when it was saved without one."""
     return read_checkpoint(directory).tokenizer
 
 
-def load_state(directory, training=False):
+def load_state(directory: str | os.PathLike, training: bool = False) -> dict:
     """state.json of the newest complete checkpoint in `directory`, checked as read_checkpoint checks it, without
     the model's generator state (only state.json is read: train.py's settings before the run starts)."""
     path = resolve_directory(directory)
     return check_state(read_json(path / "state.json", checksum_verifier(path)), path / "state.json", training)[1]
 
 
-def load_training_state(directory, model, optimizer):
+def load_training_state(directory: str | os.PathLike, model: TransformerLM, optimizer) -> dict:
     """Restore model weights, optimizer moments and the model's dropout generator; return the rest of
     state.json. Nothing changes unless the whole checkpoint is valid and matches `model`."""
     checkpoint = read_checkpoint(directory, optimizer=True)
@@ -491,7 +498,7 @@ def load_training_state(directory, model, optimizer):
     return checkpoint.state
 
 
-def load_parameters(model, arrays, source, check_only=False):
+def load_parameters(model: TransformerLM, arrays: dict, source: object, check_only: bool = False) -> None:
     """Copy name -> array into the model's parameters after checking that names and shapes match."""
     params = model.parameters()
     missing, unexpected = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))

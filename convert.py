@@ -7,19 +7,23 @@ The exported directory (config.json, model.safetensors, and vocab.json + merges.
 GPT-2's byte-level BPE tokenizer) loads with transformers.GPT2LMHeadModel.from_pretrained. Only
 GPT-2-shaped models can be exported: pre-LN (norm_first) with learned positions.
 """
+from __future__ import annotations
+
 import argparse
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 import checkpoint
 from tokenizer import ByteBPETokenizer
-from transformer_lm import TransformerLM
+from transformer_lm import TransformerLM, load_model_and_tokenizer
 
 CHECK_PROMPT = "Hello, I'm a language model,"
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="DIR",
@@ -37,7 +41,7 @@ def parse_args(argv=None):
     return args
 
 
-def summary(model):
+def summary(model: TransformerLM) -> str:
     """A few lines describing a loaded model; with a tokenizer, a greedy continuation of CHECK_PROMPT."""
     config = model.config
     lines = [f"{config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, d_ff {config.d_ff}, "
@@ -55,7 +59,7 @@ def summary(model):
     return "\n".join(lines)
 
 
-def check_out_dir(checkpoint_dir, out):
+def check_out_dir(checkpoint_dir: str | os.PathLike, out: str | os.PathLike) -> None:
     """Refuse an export into the checkpoint's directory (as given, or the copy of it that is read) or the run
     directory holding it: the export's config.json would replace the checkpoint's, or be found before it."""
     found = checkpoint.resolve_directory(checkpoint_dir).resolve()
@@ -65,20 +69,19 @@ def check_out_dir(checkpoint_dir, out):
                          "config.json would replace or hide the checkpoint's; export to a directory of its own")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         if args.checkpoint:
             check_out_dir(args.checkpoint, args.out)
-            model = checkpoint.load_model(args.checkpoint)
-            model.tokenizer = checkpoint.load_tokenizer(args.checkpoint)
+            model, tokenizer = load_model_and_tokenizer(checkpoint=args.checkpoint)
             model.save_pretrained(args.out)
             print(f"exported {args.checkpoint} to {args.out}")
-            if not isinstance(model.tokenizer, ByteBPETokenizer):
+            if not isinstance(tokenizer, ByteBPETokenizer):
                 print("note: the checkpoint has no byte-level BPE tokenizer (the only kind GPT-2 directories "
                       "hold), so the export has no tokenizer files")
         if args.hf_model or args.check:
-            print(summary(TransformerLM.from_pretrained(args.hf_model or args.out)))
+            print(summary(load_model_and_tokenizer(hf_model=args.hf_model or args.out)[0]))
     except (OSError, ValueError, TypeError) as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -1,7 +1,8 @@
 """Training data: token datasets from text files, a synthetic sorting task, and the tiny Shakespeare download.
 
-* ``prepare_text_dataset(path)`` encodes a UTF-8 text file once into a uint16 token file and memory-maps it,
-  so the corpus never has to fit in memory; ``TokenDataset.get_batch`` samples random training windows.
+* ``prepare_text_dataset(path)`` encodes a UTF-8 text file once into a uint16 token file in a cache directory
+  (never beside the text), keyed by the text and the tokenizer, and memory-maps it, so the corpus never has to
+  fit in memory; ``TokenDataset.get_batch`` samples random training windows.
 * ``SortingTask`` is a built-in task that needs no download: sort a short sequence of digits.
 * ``download_shakespeare()`` fetches nanoGPT's tiny Shakespeare corpus and verifies it.
 
@@ -9,7 +10,10 @@ Command line:
     python data.py shakespeare [--cache-dir DIR]   download, print the path to pass to train.py --data
     python data.py prepare PATH                     encode a text file, print token counts
 """
+from __future__ import annotations
+
 import argparse
+import glob
 import hashlib
 import http.client
 import json
@@ -19,13 +23,14 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from atomic_files import atomic_output
-from tokenizer import CharTokenizer
-from transformer_lm import IGNORE_INDEX
+from atomic_files import atomic_output, read_json
+from tokenizer import CharTokenizer, Tokenizer
+from transformer_config import IGNORE_INDEX, is_positive_integer, python_scalar
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SIZE = 1_115_394
@@ -38,7 +43,7 @@ DOWNLOAD_CHUNK_BYTES = 1 << 16
 DOWNLOAD_TIMEOUT_S = 60
 
 
-def default_cache_dir():
+def default_cache_dir() -> Path:
     """Where cached files go unless told otherwise: $XDG_CACHE_HOME/numpy-transformer-lm or ~/.cache/..."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache_home) / "numpy-transformer-lm"
@@ -55,7 +60,8 @@ class TokenDataset:
     tokenizer: the tokenizer that produced the ids (kept so a trainer can save it with the model).
     """
 
-    def __init__(self, tokens, tokenizer, val_fraction=0.1, token_path=None):
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, val_fraction: float = 0.1,
+                 token_path: Path | None = None) -> None:
         _check_val_fraction(val_fraction)
         n_tokens = len(tokens)
         # nanoGPT's split: train gets int(N * (1 - val_fraction)) tokens, val the rest.
@@ -73,10 +79,10 @@ class TokenDataset:
         self.val_tokens = tokens[n_train:]
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
-    def split(self, name):
+    def split(self, name: str) -> np.ndarray:
         """The token array of split ``name`` ("train" or "val")."""
         if name == "train":
             return self.train_tokens
@@ -84,7 +90,7 @@ class TokenDataset:
             return self.val_tokens
         raise ValueError(f"split must be 'train' or 'val', got {name!r}")
 
-    def check_block_size(self, block_size, splits=("train", "val")):
+    def check_block_size(self, block_size: int, splits: tuple[str, ...] = ("train", "val")) -> None:
         """Raise ValueError unless every split holds at least one window of block_size tokens and its
         targets (block_size + 1 tokens). A trainer calls this before training, not at the first batch."""
         _check_positive_int(block_size, "block_size")
@@ -94,7 +100,8 @@ class TokenDataset:
                 raise ValueError(f"the {split} split has {n_tokens} tokens, fewer than block_size + 1 = "
                                  f"{block_size + 1} (one window and its next-token targets)")
 
-    def get_batch(self, split, batch_size, block_size, rng):
+    def get_batch(self, split: str, batch_size: int, block_size: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Random windows of the split, as in nanoGPT: x = tokens[s : s+T], y = tokens[s+1 : s+T+1].
 
         rng: a ``np.random.Generator`` (the only source of randomness).
@@ -113,64 +120,62 @@ class TokenDataset:
         return x, y
 
 
-def prepare_text_dataset(text_path, tokenizer=None, val_fraction=0.1, cache_dir=None):
+def prepare_text_dataset(text_path: str | os.PathLike, tokenizer: Tokenizer | None = None,
+                         val_fraction: float = 0.1, cache_dir: str | os.PathLike | None = None) -> TokenDataset:
     """Encode a UTF-8 text file into a cached uint16 token file and return it as a memory-mapped dataset.
 
-    text_path: the text file.
+    text_path: the text file; nothing is ever written beside it.
     tokenizer: a ``CharTokenizer`` or ``ByteBPETokenizer`` (any tokenizer with ``encode``, ``vocab_size`` and
         ``to_dict``). None builds a CharTokenizer from the text. The text is encoded in pieces of 4M
         characters, so a byte-level BPE may split a word differently where two pieces meet.
-    cache_dir: where the token file goes when the text's own directory is not writable (default
-        ``default_cache_dir()``).
+    cache_dir: where the token files go (default ``default_cache_dir()``).
 
-    The token file ``<name>.tokens.uint16`` and its sidecar ``<name>.tokens.json`` go beside the text. The
-    sidecar records the text's size and modification time and the tokenizer; a cache whose record no longer
-    matches is rebuilt (like make, a change that keeps both size and mtime is not noticed). Without a
-    tokenizer argument, any valid cache of the same text is reused together with the tokenizer it records.
+    The token file ``<text name>-<path hash>-<tokenizer hash>.tokens.uint16`` and its JSON sidecar ``.tokens.json``
+    are named after the text's full path and a hash of ``tokenizer.to_dict()``, so same-named texts in different
+    folders, and one text's character and BPE caches, never overwrite each other. The sidecar records the text's
+    size and modification time and the tokenizer; a cache whose record no longer matches is rebuilt (like make, a
+    change that keeps both size and mtime is not noticed), and the caches of an earlier version of the text are
+    removed then. Without a tokenizer argument, the cache of this text made with its own character vocabulary is
+    reused together with the tokenizer it records, without reading the text again.
     """
     text_path = Path(text_path)
     source_stat = check_text_file(text_path)
     _check_val_fraction(val_fraction)
-    if cache_dir is None:
-        cache_dir = default_cache_dir()
-    expected_tokenizer = None if tokenizer is None else _as_json(tokenizer.to_dict())
+    cache_dir = Path(default_cache_dir() if cache_dir is None else cache_dir)
+    # A hash of the full path keeps same-named texts apart in the shared cache directory.
+    text_key = f"{text_path.name}-{_short_hash(str(text_path.resolve()))}"
 
-    beside_text = text_path.parent / f"{text_path.name}.tokens.uint16"
-    # In the shared cache directory, a hash of the full path keeps same-named texts apart.
-    path_hash = hashlib.sha256(str(text_path.resolve()).encode("utf-8")).hexdigest()[:16]
-    in_cache_dir = Path(cache_dir) / f"{text_path.name}-{path_hash}.tokens.uint16"
-
-    for token_path in (beside_text, in_cache_dir):
-        metadata = _fresh_cache_metadata(token_path, source_stat, expected_tokenizer)
-        if metadata is None:
-            continue
-        if tokenizer is not None:
-            return _open_token_file(token_path, metadata["n_tokens"], tokenizer, val_fraction)
-        # Without a tokenizer argument the text is character-level: a cache made with another kind won't do,
-        # and neither will a damaged record of one (rebuilt below).
-        try:
-            cached_tokenizer = CharTokenizer.from_dict(metadata["tokenizer"])
-        except (TypeError, ValueError):
-            continue
-        return _open_token_file(token_path, metadata["n_tokens"], cached_tokenizer, val_fraction)
-
-    if tokenizer is None:
+    from_text = tokenizer is None
+    if from_text:
+        for metadata_path in sorted(cache_dir.glob(f"{glob.escape(text_key)}-*.tokens.json")):
+            token_path = metadata_path.with_suffix(".uint16")
+            metadata = _fresh_cache_metadata(token_path, source_stat)
+            if metadata is None or metadata.get("tokenizer_from_text") is not True:
+                continue
+            try:  # a damaged record is not reused (its cache is rebuilt below)
+                cached_tokenizer = CharTokenizer.from_dict(metadata["tokenizer"])
+            except (TypeError, ValueError):
+                continue
+            return _open_token_file(token_path, metadata["n_tokens"], cached_tokenizer, val_fraction)
         tokenizer = _char_tokenizer_for_file(text_path)
+
+    tokenizer_record = _as_json(tokenizer.to_dict())
+    token_path = cache_dir / f"{text_key}-{_short_hash(json.dumps(tokenizer_record, sort_keys=True))}.tokens.uint16"
+    metadata = _fresh_cache_metadata(token_path, source_stat, tokenizer_record)
+    if metadata is not None:
+        return _open_token_file(token_path, metadata["n_tokens"], tokenizer, val_fraction)
     max_token_id = tokenizer.vocab_size - 1
     if max_token_id > np.iinfo(TOKEN_DTYPE).max:
         raise ValueError(
             f"vocab_size {tokenizer.vocab_size} does not fit the uint16 token file (at most 65,536 tokens)"
         )
-    if _can_write_in(text_path.parent):
-        token_path = beside_text
-    else:
-        token_path = in_cache_dir
-        token_path.parent.mkdir(parents=True, exist_ok=True)
-    n_tokens = _write_token_cache(text_path, source_stat, tokenizer, token_path)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_caches(cache_dir, text_key, source_stat)
+    n_tokens = _write_token_cache(text_path, source_stat, tokenizer, token_path, from_text)
     return _open_token_file(token_path, n_tokens, tokenizer, val_fraction)
 
 
-def check_text_file(text_path):
+def check_text_file(text_path: str | os.PathLike) -> os.stat_result:
     """The ``os.stat`` of ``text_path`` if it is a readable, non-empty regular file; else FileNotFoundError,
     IsADirectoryError, PermissionError or ValueError saying which. (Whether it is UTF-8 shows when it is read.)"""
     text_path = Path(text_path)
@@ -189,7 +194,7 @@ def check_text_file(text_path):
     return source_stat
 
 
-def read_text_file(text_path):
+def read_text_file(text_path: str | os.PathLike) -> str:
     """The whole text of a UTF-8 file, line endings kept as they are (like the token files)."""
     check_text_file(text_path)
     return "".join(_read_text_chunks(text_path))
@@ -201,7 +206,7 @@ def _check_val_fraction(val_fraction):
 
 
 def _check_positive_int(value, name):
-    if not (isinstance(value, (int, np.integer)) and value >= 1):
+    if not is_positive_integer(python_scalar(value)):  # NumPy integers too: counts often come out of arrays
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -210,14 +215,8 @@ def _as_json(value):
     return json.loads(json.dumps(value))
 
 
-def _can_write_in(directory):
-    """Whether cache files may be created in ``directory``.
-
-    os.access alone is not enough: root passes every permission check, so a directory whose write bits are
-    all cleared (a shared data folder meant to stay read-only) would still be written to. We honour the bits.
-    """
-    write_bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
-    return os.access(directory, os.W_OK) and bool(directory.stat().st_mode & write_bits)
+def _short_hash(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _read_text_chunks(text_path):
@@ -248,10 +247,11 @@ def _metadata_path(token_path):
     return token_path.with_suffix(".json")
 
 
-def _fresh_cache_metadata(token_path, source_stat, expected_tokenizer):
-    """The sidecar record of the token file if it is usable for this text, else None."""
+def _fresh_cache_metadata(token_path, source_stat, expected_tokenizer=None):
+    """The sidecar record of the token file if it is usable for this text (and made with ``expected_tokenizer``,
+    a ``to_dict()`` as JSON reads it back, when given), else None."""
     try:
-        metadata = json.loads(_metadata_path(token_path).read_text(encoding="utf-8"))
+        metadata = read_json(_metadata_path(token_path))
         token_file_bytes = token_path.stat().st_size
     except (OSError, ValueError):
         return None  # absent or unreadable: rebuild
@@ -269,8 +269,25 @@ def _fresh_cache_metadata(token_path, source_stat, expected_tokenizer):
     return metadata if fresh else None
 
 
-def _write_token_cache(text_path, source_stat, tokenizer, token_path):
+def _remove_stale_caches(cache_dir, text_key, source_stat):
+    """Delete the caches of ``text_key``'s text whose record says they were made from another version of it."""
+    for metadata_path in cache_dir.glob(f"{glob.escape(text_key)}-*.tokens.json"):
+        token_path = metadata_path.with_suffix(".uint16")
+        try:
+            metadata = read_json(metadata_path)
+        except (OSError, ValueError):
+            continue  # unreadable: leave it to whoever can tell what it is
+        if not isinstance(metadata, dict):
+            continue
+        if (metadata.get("source_size"), metadata.get("source_mtime_ns")) != (source_stat.st_size,
+                                                                               source_stat.st_mtime_ns):
+            metadata_path.unlink(missing_ok=True)  # the sidecar first: a token file without one is never used
+            token_path.unlink(missing_ok=True)
+
+
+def _write_token_cache(text_path, source_stat, tokenizer, token_path, tokenizer_from_text):
     """Encode the text into ``token_path`` and describe it in the JSON sidecar; returns the token count.
+    tokenizer_from_text: whether ``tokenizer`` is the character vocabulary of this very text.
 
     Both files are written to temporary names and renamed into place, and the old sidecar is removed first,
     so an interrupted run never leaves a sidecar that vouches for the wrong token file.
@@ -290,6 +307,7 @@ def _write_token_cache(text_path, source_stat, tokenizer, token_path):
         "n_tokens": n_tokens,
         "dtype": "uint16",
         "tokenizer": _as_json(tokenizer.to_dict()),
+        "tokenizer_from_text": tokenizer_from_text,
     }
     with atomic_output(metadata_path) as metadata_file:
         metadata_file.write(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
@@ -320,7 +338,7 @@ class SortingTask:
     64) scored over 99% exact match on held-out problems after 750 steps, about a minute on 2 CPU cores.
     """
 
-    def __init__(self, length=6, num_digits=3, test_fraction=0.25):
+    def __init__(self, length: int = 6, num_digits: int = 3, test_fraction: float = 0.25) -> None:
         _check_positive_int(length, "length")
         if length < 2:
             raise ValueError(f"length must be at least 2, got {length}")
@@ -334,14 +352,14 @@ class SortingTask:
         self.test_fraction = float(test_fraction)
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return self.num_digits
 
     @property
-    def block_size(self):
+    def block_size(self) -> int:
         return 2 * self.length - 1
 
-    def is_test_problem(self, problems):
+    def is_test_problem(self, problems: np.ndarray) -> np.ndarray:
         """(B, length) digits -> (B,) bool, True for problems held out for testing.
 
         CRC-32 of the digits, scaled to [0, 1): a fixed hash, so the split is the same on every run.
@@ -350,7 +368,7 @@ class SortingTask:
         hashes = np.array([zlib.crc32(problem.tobytes()) for problem in problems], dtype=np.float64)
         return hashes / 2.0**32 < self.test_fraction
 
-    def sample_problems(self, n_problems, rng, split="train"):
+    def sample_problems(self, n_problems: int, rng: np.random.Generator, split: str = "train") -> np.ndarray:
         """(n_problems, length) int64 random problems of ``split`` ("train" or "test")."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -367,7 +385,8 @@ class SortingTask:
                 return np.concatenate(found)[:n_problems]
         raise ValueError(f"the {split} split of this task is (nearly) empty: choose a larger task")
 
-    def get_batch(self, batch_size, rng, split="train"):
+    def get_batch(self, batch_size: int, rng: np.random.Generator,
+                  split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         """x, y: (B, block_size) int64; y is IGNORE_INDEX except at the answer positions."""
         _check_positive_int(batch_size, "batch_size")
         problems = self.sample_problems(batch_size, rng, split)  # (B, n)
@@ -377,7 +396,8 @@ class SortingTask:
         y[:, : self.length - 1] = IGNORE_INDEX  # predictions made while still reading the problem
         return x, y
 
-    def exact_match_accuracy(self, predict_fn, n_examples, rng, split="test"):
+    def exact_match_accuracy(self, predict_fn: Callable[[np.ndarray], np.ndarray], n_examples: int,
+                             rng: np.random.Generator, split: str = "test") -> float:
         """Fraction of ``n_examples`` random problems whose whole answer ``predict_fn`` gets right.
 
         predict_fn: (B, length) int64 problems -> (B, length) predicted answers (e.g. greedy decoding).
@@ -399,14 +419,16 @@ class DownloadError(RuntimeError):
     """A download failed: unreachable server, HTTP error, truncated body or wrong checksum."""
 
 
-def download_shakespeare(cache_dir=None, url=SHAKESPEARE_URL, progress=True,
-                         expected_size=SHAKESPEARE_SIZE, expected_sha256=SHAKESPEARE_SHA256):
+def download_shakespeare(cache_dir: str | os.PathLike | None = None, url: str = SHAKESPEARE_URL, progress: bool = True,
+                         expected_size: int = SHAKESPEARE_SIZE, expected_sha256: str = SHAKESPEARE_SHA256) -> Path:
     """Download tiny Shakespeare into ``cache_dir`` (default ``default_cache_dir()``) and return its path.
 
     A file already there with the expected size and SHA-256 is returned at once. Otherwise the body is
     streamed into a temporary file beside the destination and renamed into place only after its size and
     SHA-256 check out, so a failed download never leaves a partial file. Progress goes to stderr.
-    Raises DownloadError naming the URL and the problem.
+    Raises DownloadError naming the URL and the problem, and what to do without the network: fetch the file
+    elsewhere and put it at the destination (it is checked and used from there), or train on any copy with
+    ``train.py --data PATH``.
     """
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     destination = directory / SHAKESPEARE_FILENAME
@@ -414,12 +436,17 @@ def download_shakespeare(cache_dir=None, url=SHAKESPEARE_URL, progress=True,
         return destination
 
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_output(destination) as output:
-        received, sha256 = _stream_download(url, output, progress)
-        if received != expected_size:
-            raise DownloadError(f"{url}: received {received:,} bytes, expected {expected_size:,}")
-        if sha256 != expected_sha256:
-            raise DownloadError(f"{url}: SHA-256 mismatch: got {sha256}, expected {expected_sha256}")
+    try:
+        with atomic_output(destination) as output:
+            received, sha256 = _stream_download(url, output, progress)
+            if received != expected_size:
+                raise DownloadError(f"{url}: received {received:,} bytes, expected {expected_size:,}")
+            if sha256 != expected_sha256:
+                raise DownloadError(f"{url}: SHA-256 mismatch: got {sha256}, expected {expected_sha256}")
+    except DownloadError as error:
+        raise DownloadError(f"{error}. Without this download: fetch {url} on a machine that can, save it as "
+                            f"{destination} (it is checked and used from there) or anywhere, and pass that file to "
+                            "train.py --data PATH") from error.__cause__
     return destination
 
 
@@ -477,7 +504,7 @@ def _show_progress(url, received, total):
 # Command line
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="data.py", description="Prepare training data.")
     commands = parser.add_subparsers(dest="command", required=True)
     shakespeare = commands.add_parser(
@@ -489,7 +516,7 @@ def main(argv=None):
     prepare.add_argument("path", type=Path, help="the text file")
     prepare.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens held out (the end)")
     prepare.add_argument("--cache-dir", type=Path, default=None,
-                         help="where the token file goes if the text's directory is read-only")
+                         help=f"where the token files go, never beside the text (default {default_cache_dir()})")
     args = parser.parse_args(argv)
 
     try:

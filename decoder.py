@@ -1,19 +1,44 @@
 """The decoder stack: embeddings in, N residual blocks of attention and feed-forward, hidden states out."""
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
-from attention import CausalSelfAttention
+from attention import CausalSelfAttention, KVCache
 from feed_forward import FeedForward
-from layer_norm import LayerNorm, residual_backward, residual_forward
+from layer_norm import LayerNorm
 from module import Dropout, Embedding, Module
 from positional_encoding import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from sparse_attention import make_pattern
+from transformer_config import TransformerConfig
+
+
+def residual_forward(x: np.ndarray, sublayer: Module, norm: LayerNorm, norm_first: bool, **sublayer_options: Any
+                     ) -> np.ndarray:
+    """One residual sub-layer in either arrangement (sublayer_options go to sublayer.forward).
+
+    post-LN (the original Transformer): LayerNorm(x + sublayer(x))
+    pre-LN  (GPT-2):                    x + sublayer(LayerNorm(x))
+    """
+    if norm_first:
+        return x + sublayer.forward(norm.forward(x), **sublayer_options)
+    return norm.forward(x + sublayer.forward(x, **sublayer_options))
+
+
+def residual_backward(dout: np.ndarray, sublayer: Module, norm: LayerNorm, norm_first: bool) -> np.ndarray:
+    """The gradient of `residual_forward`: the identity path plus the path through the sub-layer."""
+    if norm_first:
+        return dout + norm.backward(sublayer.backward(dout))
+    dsum = norm.backward(dout)
+    return dsum + sublayer.backward(dsum)
 
 
 class DecoderBlock(Module):
     """x: (B, T, C) -> (B, T, C): attention then feed-forward, each inside a residual connection
-    with a LayerNorm, post-LN (norm_first=False) or pre-LN (norm_first=True); see layer_norm.py."""
+    with a LayerNorm, post-LN (norm_first=False) or pre-LN (norm_first=True); see residual_forward."""
 
-    def __init__(self, config, rng):
+    def __init__(self, config: TransformerConfig, rng: np.random.Generator) -> None:
         super().__init__()
         dtype = config.numpy_dtype
         self.norm_first = config.norm_first
@@ -24,12 +49,15 @@ class DecoderBlock(Module):
                                         config.dropout, rng, dtype)
         self.norm2 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
 
-    def forward(self, x, kv_cache=None, key_padding=None, positions=None):
+    def forward(self, x: np.ndarray, kv_cache: KVCache | None = None, key_padding: np.ndarray | None = None,
+                positions: np.ndarray | None = None) -> np.ndarray:
+        """x: (B, T, C) -> (B, T, C); kv_cache, key_padding and positions go to the attention."""
         x = residual_forward(x, self.attention, self.norm1, self.norm_first,
                              kv_cache=kv_cache, key_padding=key_padding, positions=positions)
         return residual_forward(x, self.feed_forward, self.norm2, self.norm_first)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (B, T, C) -> dx (B, T, C), the two sub-layers in reverse order."""
         dout = residual_backward(dout, self.feed_forward, self.norm2, self.norm_first)
         return residual_backward(dout, self.attention, self.norm1, self.norm_first)
 
@@ -41,7 +69,7 @@ class Decoder(Module):
     the last block's output has not been normalized yet; post-LN blocks already end in a LayerNorm).
     """
 
-    def __init__(self, config, rng):
+    def __init__(self, config: TransformerConfig, rng: np.random.Generator) -> None:
         super().__init__()
         dtype = config.numpy_dtype
         self.token_embedding = Embedding(config.vocab_size, config.d_model, dtype)
@@ -55,7 +83,8 @@ class Decoder(Module):
         # they still hold the pass its pending loss() made (TransformerLM.backward).
         self.passes = 0
 
-    def forward(self, ids, positions=None, kv_caches=None, key_padding=None):
+    def forward(self, ids: np.ndarray, positions: np.ndarray | None = None, kv_caches: list[KVCache] | None = None,
+                key_padding: np.ndarray | None = None) -> np.ndarray:
         """ids: (B, T). positions: (T,) or (B, T), default 0..T-1. positions, kv_caches (one KVCache per
         block) and key_padding (B, T) serve incremental decoding; see CausalSelfAttention.forward."""
         self.passes += 1
@@ -67,7 +96,8 @@ class Decoder(Module):
                               positions=positions)
         return x if self.final_norm is None else self.final_norm.forward(x)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> None:
+        """dout (B, T, C): adds the gradients of every parameter (the ids have none)."""
         if self.final_norm is not None:
             dout = self.final_norm.backward(dout)
         for block in reversed(self.blocks):

@@ -27,15 +27,18 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
-from checkpoint import CheckpointError, load_model, load_tokenizer
-from transformer_lm import IGNORE_INDEX, TransformerLM
+from tokenizer import Tokenizer
+from transformer_config import IGNORE_INDEX, TransformerConfig, is_positive_integer, python_scalar
+from transformer_lm import TransformerLM, load_model_and_tokenizer
 
 PROGRESS_INTERVAL_S = 10.0  # the CLI reports progress on stderr at most this often
 # The default batch holds as many windows as keep their logits and attention maps near 256 MB (float32),
@@ -86,7 +89,7 @@ def sliding_windows(n_tokens: int, context: int, stride: int) -> list[Window]:
     return windows
 
 
-def token_byte_lengths(tokenizer) -> np.ndarray:
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
     """(vocab_size,) int64: how many UTF-8 bytes each token id stands for.
 
     A byte-level BPE token may hold part of a character, so its bytes come from decode_bytes; a character
@@ -100,7 +103,8 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
                     dtype=np.int64)
 
 
-def evaluate(model: TransformerLM, ids, tokenizer=None, context: int | None = None, stride: int | None = None,
+def evaluate(model: TransformerLM, ids: Sequence[int] | np.ndarray, tokenizer: Tokenizer | None = None,
+             context: int | None = None, stride: int | None = None,
              batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Score the token ids (N,) with strided sliding windows (see sliding_windows) in eval mode.
 
@@ -113,7 +117,7 @@ def evaluate(model: TransformerLM, ids, tokenizer=None, context: int | None = No
     ids = check_token_ids(ids, model.config.vocab_size)
     context, stride = check_window(context, stride, model.config.max_seq_len)
     batch_size = default_batch_size(model.config, context) if batch_size is None else batch_size
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_positive_integer(python_scalar(batch_size)):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     windows = sliding_windows(len(ids), context, stride)
 
@@ -155,21 +159,21 @@ def evaluate(model: TransformerLM, ids, tokenizer=None, context: int | None = No
                       context, stride)
 
 
-def evaluate_text(model: TransformerLM, tokenizer, text: str, **options) -> Evaluation:
+def evaluate_text(model: TransformerLM, tokenizer: Tokenizer, text: str, **options: object) -> Evaluation:
     """Encode `text` with `tokenizer` and evaluate it; options as for `evaluate`."""
     if not text:
         raise ValueError("the text is empty: there is nothing to score")
     return evaluate(model, np.asarray(tokenizer.encode(text), dtype=np.int64), tokenizer, **options)
 
 
-def default_batch_size(config, context: int) -> int:
+def default_batch_size(config: TransformerConfig, context: int) -> int:
     """Windows per forward pass whose logits (context * vocab_size) and attention maps (context^2 per head
     and layer) fit in BATCH_MEMORY_FLOATS floats, between 1 and MAX_DEFAULT_BATCH."""
     floats_per_window = context * (config.vocab_size + config.n_layers * config.n_heads * context)
     return max(1, min(MAX_DEFAULT_BATCH, BATCH_MEMORY_FLOATS // floats_per_window))
 
 
-def check_token_ids(ids, vocab_size: int) -> np.ndarray:
+def check_token_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
     """ids as a (N,) integer array of at least 2 ids in [0, vocab_size), or a ValueError/TypeError."""
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
@@ -187,7 +191,7 @@ def check_token_ids(ids, vocab_size: int) -> np.ndarray:
     return ids
 
 
-def check_window(context, stride, max_seq_len: int) -> tuple[int, int]:
+def check_window(context: int | None, stride: int | None, max_seq_len: int) -> tuple[int, int]:
     """(context, stride) with the defaults filled in, or a ValueError saying which bound was broken."""
     context = max_seq_len if context is None else context
     for name, value in (("context", context), ("stride", stride)):
@@ -202,14 +206,14 @@ def check_window(context, stride, max_seq_len: int) -> tuple[int, int]:
     return int(context), int(stride)
 
 
-def target_row(ids, window: Window) -> np.ndarray:
+def target_row(ids: np.ndarray, window: Window) -> np.ndarray:
     """(T,) the next-token targets of the window, IGNORE_INDEX where an earlier window scored them."""
     targets = ids[window.begin + 1:window.end].astype(np.int64)
     targets[:window.first_scored - window.begin - 1] = IGNORE_INDEX
     return targets
 
 
-def window_batches(windows: Sequence[Window], batch_size: int):
+def window_batches(windows: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
     """Runs of up to batch_size consecutive windows of equal length (only the last window can be shorter)."""
     for _, same_length in itertools.groupby(windows, key=lambda window: window.end - window.begin):
         same_length = list(same_length)
@@ -220,7 +224,7 @@ def window_batches(windows: Sequence[Window], batch_size: int):
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory written by train.py (or its --out-dir)")
@@ -236,22 +240,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load(args):
-    """(model, tokenizer) from either source; any problem becomes one clear line."""
-    try:
-        if args.checkpoint:
-            model, tokenizer = load_model(args.checkpoint), load_tokenizer(args.checkpoint)
-        else:
-            model = TransformerLM.from_pretrained(args.hf_model)
-            tokenizer = model.tokenizer
-    except (CheckpointError, OSError, ValueError) as error:
-        raise SystemExit(f"error: cannot load the model: {error}") from None
-    if tokenizer is None:
-        raise SystemExit("error: the model has no tokenizer saved beside it, so the text cannot be encoded")
-    return model, tokenizer
-
-
-def read_text(path):
+def read_text(path: str | os.PathLike) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -264,7 +253,7 @@ def read_text(path):
         raise SystemExit(f"error: cannot read {path} ({error})") from None
 
 
-def progress_reporter(stream):
+def progress_reporter(stream: TextIO) -> Callable[[int, int], None]:
     """A progress callback that writes "evaluated i/n windows" to stream at most every PROGRESS_INTERVAL_S seconds."""
     last = time.monotonic()
 
@@ -277,7 +266,7 @@ def progress_reporter(stream):
     return report
 
 
-def format_table(result: Evaluation, model_source, text_source) -> str:
+def format_table(result: Evaluation, model_source: str, text_source: str) -> str:
     rows = [
         ("model", model_source),
         ("text", f"{text_source} ({result.bytes:,} bytes scored)"),
@@ -290,10 +279,13 @@ def format_table(result: Evaluation, model_source, text_source) -> str:
     return "\n".join(f"{name:<15} {value}" for name, value in rows)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     text = read_text(args.text)
-    model, tokenizer = load(args)
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.hf_model, require_tokenizer=True)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: cannot load the model: {error}") from None
     try:
         result = evaluate_text(model, tokenizer, text, context=args.context, stride=args.stride,
                                batch_size=args.batch_size, progress=progress_reporter(sys.stderr))

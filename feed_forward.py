@@ -1,7 +1,10 @@
 """The position-wise feed-forward network: Linear(C -> d_ff) -> GELU -> Linear(d_ff -> C) -> dropout."""
+from __future__ import annotations
+
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from module import Dropout, Module, linear_backward, linear_forward
 
@@ -11,7 +14,7 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def erf(x):
+def erf(x: np.ndarray) -> np.ndarray:
     """The error function to float64 accuracy (NumPy has none, and SciPy is not a dependency).
 
     |x| < 2.5:  erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_n (2x^2)^n x / (1*3*...*(2n+1)), a series of
@@ -38,7 +41,7 @@ def erf(x):
     return np.sign(x) * np.where(magnitude < 2.5, erf_small, erf_large)
 
 
-def gelu_tanh_forward(x):
+def gelu_tanh_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Returns (out, cache).
 
     Written as in-place steps: every temporary the size of x would cost a pass over memory (and, for
@@ -56,7 +59,8 @@ def gelu_tanh_forward(x):
     return out, tanh_value
 
 
-def gelu_tanh_backward(dout, x, tanh_value):
+def gelu_tanh_backward(dout: np.ndarray, x: np.ndarray, tanh_value: np.ndarray) -> np.ndarray:
+    """dout, x, the cached tanh (same shape) -> dx."""
     # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t the cached tanh;
     # computed in place, in the order of the formula read right to left.
     derivative = x * x
@@ -73,13 +77,14 @@ def gelu_tanh_backward(dout, x, tanh_value):
     return derivative
 
 
-def gelu_exact_forward(x):
+def gelu_exact_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)). Returns (out, cache)."""
     cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))
     return x * cdf, cdf
 
 
-def gelu_exact_backward(dout, x, cdf):
+def gelu_exact_backward(dout: np.ndarray, x: np.ndarray, cdf: np.ndarray) -> np.ndarray:
+    """dout, x, the cached Phi(x) (same shape) -> dx."""
     # d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi the standard normal density.
     return dout * (cdf + x * INV_SQRT_2PI * np.exp(-0.5 * x * x))
 
@@ -93,7 +98,8 @@ ACTIVATIONS = {
 class FeedForward(Module):
     """x: (B, T, C) -> (B, T, C).  Parameters W_in (C, d_ff), b_in (d_ff,), W_out (d_ff, C), b_out (C,)."""
 
-    def __init__(self, d_model, d_ff, activation, dropout, rng, dtype):
+    def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float, rng: np.random.Generator,
+                 dtype: npt.DTypeLike) -> None:
         super().__init__()
         self.add_parameter("W_in", np.zeros((d_model, d_ff), dtype=dtype))
         self.add_parameter("b_in", np.zeros(d_ff, dtype=dtype))
@@ -103,7 +109,8 @@ class FeedForward(Module):
         self.dropout = Dropout(dropout, rng)
         self.cache = None
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (B, T, C) -> (B, T, C)."""
         p = self.params
         hidden = linear_forward(x, p["W_in"], p["b_in"])            # (B, T, d_ff)
         activated, activation_cache = self.activation_forward(hidden)
@@ -111,7 +118,8 @@ class FeedForward(Module):
         self.cache = (x, hidden, activation_cache, activated)
         return self.dropout.forward(out)
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (B, T, C) -> dx (B, T, C); adds the gradients of W_in, b_in, W_out, b_out."""
         x, hidden, activation_cache, activated = self.cache
         p, g = self.params, self.grads
         dout = self.dropout.backward(dout)

@@ -4,14 +4,27 @@
 machinery so that transformer_lm.py stays about the model itself. Every argument is checked once, when
 generation is asked for; the per-token loop then trusts them.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from attention import KVCache
 
+if TYPE_CHECKING:  # for the hints only: transformer_lm imports this module
+    from transformer_lm import TransformerLM
 
-def left_pad(prompts, pad_id=0):
+# What generate and stream accept as prompts: an integer array (B, T) or (T,) (or nested lists of that shape),
+# or a list of token-id sequences of different lengths.
+Prompts = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
+# None (the model's generator), an integer seed, or a Generator to draw from.
+Seed = Union[int, np.random.Generator, None]
+
+
+def left_pad(prompts: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompts of different lengths -> ids (B, T) padded on the left, key_padding (B, T) True at pads,
     and positions (B, T) that start at 0 on each row's first real token.
 
@@ -27,7 +40,7 @@ def left_pad(prompts, pad_id=0):
     return ids, key_padding, positions_after_padding(key_padding)
 
 
-def positions_after_padding(key_padding):
+def positions_after_padding(key_padding: np.ndarray) -> np.ndarray:
     """(B, T) positions counting from 0 at each row's first token that is not padding (pads get 0)."""
     return np.maximum(np.cumsum(~key_padding, axis=1) - 1, 0)
 
@@ -36,20 +49,21 @@ class DecodingState:
     """What incremental decoding carries from one step to the next, for a batch of B rows that will
     see at most `capacity` positions in all (a bound: the caches grow with what is actually fed)."""
 
-    def __init__(self, model, batch_size, capacity):
+    def __init__(self, model: TransformerLM, batch_size: int, capacity: int) -> None:
         config = model.config
         head_dim = config.d_model // config.n_heads
         self.kv_caches = []
-        for block in model.decoder.blocks:
+        for pattern in model.attention_patterns():
             # A pattern that never looks back more than `window` keys needs only that many slots, reused in turn.
-            window = block.attention.pattern.window
+            window = pattern.window
             rolling = window is not None and window < capacity
             self.kv_caches.append(KVCache(batch_size, config.n_heads, window if rolling else capacity, head_dim,
                                           config.numpy_dtype, rolling=rolling))
         self.next_positions = np.zeros((batch_size, 1), dtype=np.int64)
 
 
-def decode(model, state, ids, key_padding=None, positions=None):
+def decode(model: TransformerLM, state: DecodingState, ids: np.ndarray, key_padding: np.ndarray | None = None,
+           positions: np.ndarray | None = None) -> np.ndarray:
     """Feed ids (B, T) after what `state` has seen; returns the logits of the last position (B, V).
 
     The first call (the prompt, "prefill") may carry padding and positions; later calls feed one
@@ -74,7 +88,7 @@ def decode(model, state, ids, key_padding=None, positions=None):
     return (model.output_weight @ last.T).T
 
 
-def greedy_without_cache(model, ids, steps):
+def greedy_without_cache(model: TransformerLM, ids: np.ndarray, steps: int) -> np.ndarray:
     """Greedy decoding the picoGPT way: the whole sequence goes through the model again for every new
     token. ids (B, T) -> (B, T + steps). The reference the KV cache is tested and timed against."""
     for _ in range(steps):
@@ -82,15 +96,17 @@ def greedy_without_cache(model, ids, steps):
     return ids
 
 
-def is_integer(value):
+def is_integer(value: object) -> bool:
+    """A Python or NumPy integer, not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def is_real(value):
+def is_real(value: object) -> bool:
+    """A Python or NumPy integer or float, not a bool."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def check_sampling_options(temperature, top_k, top_p):
+def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Wrong types raise TypeError, values out of range (NaN and infinity included) ValueError."""
     message = f"temperature must be a number >= 0 (0 means greedy) and finite, got {temperature!r:.80}"
     if not is_real(temperature):
@@ -111,7 +127,8 @@ def check_sampling_options(temperature, top_k, top_p):
             raise ValueError(message)
 
 
-def as_max_new_tokens(max_new_tokens):
+def as_max_new_tokens(max_new_tokens: int) -> int:
+    """max_new_tokens as a Python int >= 0, or TypeError / ValueError."""
     message = f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r:.80}"
     if not is_integer(max_new_tokens):
         raise TypeError(message)
@@ -120,7 +137,7 @@ def as_max_new_tokens(max_new_tokens):
     return int(max_new_tokens)  # a Python int: T + max_new_tokens cannot overflow
 
 
-def as_generator(model, seed):
+def as_generator(model: TransformerLM, seed: Seed) -> np.random.Generator:
     """seed None -> the model's own generator; an integer >= 0 -> a fresh Generator seeded with it; a
     np.random.Generator is used as it is."""
     if seed is None:
@@ -135,7 +152,7 @@ def as_generator(model, seed):
     return np.random.default_rng(int(seed))
 
 
-def as_stop_tokens(model, stop_tokens):
+def as_stop_tokens(model: TransformerLM, stop_tokens: Iterable[int] | None) -> np.ndarray:
     """None or an iterable of token ids (list, set, range, 1-D integer array, iterator) -> int64 array (S,).
     Read here once, so an iterator serves both the stream and the cutting of list results."""
     message = f"stop_tokens must be None or an iterable of token ids such as [0, 7], got {stop_tokens!r:.80}"
@@ -155,7 +172,7 @@ def as_stop_tokens(model, stop_tokens):
     return np.array(tokens, dtype=np.int64)
 
 
-def token_array(ids, name):
+def token_array(ids: object, name: str) -> np.ndarray:
     """np.asarray(ids), with ragged nesting ([[1, 2], 3]) and text turned into a clear TypeError."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{name} must be token ids, not text ({ids!r:.40}): encode it with a tokenizer first")
@@ -166,7 +183,7 @@ def token_array(ids, name):
             from None
 
 
-def as_prompt_list(model, ids, check_length=True):
+def as_prompt_list(model: TransformerLM, ids: Prompts, check_length: bool = True) -> tuple[list[np.ndarray], str]:
     """Accept (B, T) or (T,) integer arrays (or nested lists of that shape), or a list of token-id
     sequences of any lengths. Returns (list of validated 1-D prompts, the input's form: "2d", "1d" or
     "list"). check_length=False allows prompts longer than max_seq_len (they will be cropped)."""
@@ -190,7 +207,8 @@ def as_prompt_list(model, ids, check_length=True):
     return prompts, form
 
 
-def next_token_probabilities(logits, temperature, top_k=None, top_p=None):
+def next_token_probabilities(logits: np.ndarray, temperature: float, top_k: int | None = None,
+                             top_p: float | None = None) -> np.ndarray:
     """Finite logits (B, V) -> sampling distribution (B, V) after temperature (> 0), top-k and top-p (nucleus)."""
     # Shifting by the row maximum before dividing keeps every temperature finite: the largest scaled logit
     # is exactly 0 and the others are <= 0 (logits / 1e-39 would be inf - inf = NaN). Below the smallest
@@ -219,7 +237,8 @@ def next_token_probabilities(logits, temperature, top_k=None, top_p=None):
     return probabilities
 
 
-def sample_next(logits, temperature, top_k, top_p, rng, step=None):
+def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+                rng: np.random.Generator, step: int | None = None) -> np.ndarray:
     """One token id per row (B,): the argmax when temperature is 0, else a draw from the distribution.
     NaN or infinite logits (a model with non-finite weights) raise a ValueError that names `step`."""
     if not np.isfinite(logits).all():
@@ -236,7 +255,9 @@ def sample_next(logits, temperature, top_k, top_p, rng, step=None):
     return np.minimum((cumulative <= draws).sum(axis=-1), logits.shape[-1] - 1)
 
 
-def start_stream(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed, crop_context):
+def start_stream(model: TransformerLM, prompts: list[np.ndarray], max_new_tokens: int, temperature: float,
+                 top_k: int | None, top_p: float | None, stop_tokens: np.ndarray, seed: Seed,
+                 crop_context: bool) -> Iterator[np.ndarray]:
     """Check the remaining arguments of validated prompts and stop tokens; return the token iterator."""
     max_new_tokens = as_max_new_tokens(max_new_tokens)
     check_sampling_options(temperature, top_k, top_p)
@@ -255,8 +276,9 @@ def start_stream(model, prompts, max_new_tokens, temperature, top_k, top_p, stop
     return stream_tokens(model, prompts, max_new_tokens, float(temperature), top_k, top_p, stop_tokens, rng, crop_at)
 
 
-def stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None,
-           crop_context=False):
+def stream(model: TransformerLM, ids: Prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, stop_tokens: Iterable[int] | None = None, seed: Seed = None,
+           crop_context: bool = False) -> Iterator[np.ndarray]:
     """An iterator over the next token of every row, (B,) int64, yielded as each is produced. A row that
     has produced one of `stop_tokens` repeats it until all rows have stopped or max_new_tokens is reached.
     Arguments are checked here, before the first token is asked for. Between tokens (and once the
@@ -271,7 +293,9 @@ def stream(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
                         seed, crop_context)
 
 
-def stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, rng, crop_at=None):
+def stream_tokens(model: TransformerLM, prompts: list[np.ndarray], max_new_tokens: int, temperature: float,
+                  top_k: int | None, top_p: float | None, stop_tokens: np.ndarray, rng: np.random.Generator,
+                  crop_at: int | None = None) -> Iterator[np.ndarray]:
     """The generator behind `stream`; crop_at: re-encode the last crop_at tokens once positions reach it.
     Its cost follows the tokens produced: the KV caches grow as they fill, and only crop_context keeps
     the recent tokens (at most crop_at of them)."""
@@ -303,8 +327,9 @@ def stream_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, sto
             logits = decode(model, state, token[:, None])
 
 
-def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None, seed=None,
-             crop_context=False):
+def generate(model: TransformerLM, ids: Prompts, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, stop_tokens: Iterable[int] | None = None,
+             seed: Seed = None, crop_context: bool = False) -> np.ndarray | list[list[int]]:
     """The prompt followed by the generated tokens, in the input's form: (B, T) array -> (B, T + n)
     array, (T,) -> (T + n,), a list of sequences -> a list of lists, each cut after its stop token.
     With crop_context the whole prompt is returned, though only its last max_seq_len tokens condition."""

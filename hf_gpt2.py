@@ -1,7 +1,10 @@
-"""Hugging Face GPT-2 checkpoints: load one into a TransformerLM, and save a TransformerLM as one.
+"""Hugging Face GPT-2 checkpoints: read one for a TransformerLM, and save a TransformerLM as one.
 
     model = TransformerLM.from_pretrained("gpt2-dir")     # config.json + model.safetensors (+ tokenizer)
     model.save_pretrained("out-dir")                      # transformers.GPT2LMHeadModel.from_pretrained reads it
+
+Those two methods are thin: they call read_pretrained and save_pretrained here. This module knows the GPT-2
+format and the config, never the model class, so transformer_lm.py imports it and not the other way round.
 
 A Hugging Face GPT-2 directory holds
     config.json                  the shape and options (n_layer, n_head, n_embd, n_positions, ...)
@@ -24,19 +27,26 @@ Choices made where the formats differ:
            F32 tensors, so a float64 model is rounded to float32: GPT-2 checkpoints are float32, and
            transformers would load F64 tensors into a float32 model anyway.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atomic_files import atomic_output, fsync_directory
-from safetensors_io import load_file, read_header, save_file
-from tokenizer import ByteBPETokenizer
-from transformer_lm import TransformerConfig
+from atomic_files import atomic_output, fsync_directory, read_json
+from safetensors_io import TensorSpec, load_file, read_header, save_file
+from tokenizer import ByteBPETokenizer, Tokenizer, load_tokenizer
+from transformer_config import TransformerConfig
+
+if TYPE_CHECKING:  # for the hints only: transformer_lm imports this module
+    from transformer_lm import TransformerLM
 
 # Our parameter names outside the blocks -> GPT-2's (before the "transformer." prefix is added).
 TOP_LEVEL_NAMES = {
@@ -106,7 +116,7 @@ EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "m
 SHARD_FILE = re.compile(r"model-\d+-of-\d+\.safetensors")  # transformers' shard names
 
 
-def gpt2_name(name):
+def gpt2_name(name: str) -> str:
     """Our parameter name -> GPT-2's, without the "transformer." prefix."""
     if name in TOP_LEVEL_NAMES:
         return TOP_LEVEL_NAMES[name]
@@ -118,18 +128,20 @@ def gpt2_name(name):
 # Loading
 
 
-def load_pretrained(cls, path):
-    """A `cls` (TransformerLM) model, in eval mode, with the weights of the GPT-2 directory `path`.
+def read_pretrained(path: str | os.PathLike) -> tuple[TransformerConfig, dict[str, np.ndarray], Tokenizer | None]:
+    """The GPT-2 directory `path` as (config, weights, tokenizer), ready for TransformerLM.from_pretrained to
+    build a model of `config` and copy `weights` (our parameter name -> array, each of the shape `config`
+    implies and floating point: F16 and BF16 tensors come back as stored, to be widened by the copy) into it.
 
-    When the directory also holds vocab.json and merges.txt (or tokenizer.json), GPT-2's tokenizer is attached
-    as `model.tokenizer` (a ByteBPETokenizer); otherwise `model.tokenizer` is None.
+    The tokenizer is GPT-2's (a ByteBPETokenizer) when the directory also holds vocab.json and merges.txt (or
+    tokenizer.json), else None.
 
     Every problem with the directory's content raises ValueError naming the file and the field or tensor:
     a config this model cannot represent, weights that do not fit the config, an index that does not match its
     shards. Missing files raise FileNotFoundError. The config is trusted only as far as the weight files back
     it: each shape it implies is compared with the shapes the safetensors headers declare (which the data
-    section must hold) before the model is built, so config.json alone cannot make this allocate more than
-    a few times the size of the weight files (float32 parameters and their gradients).
+    section must hold) before any tensor is read, so config.json alone cannot make the caller allocate more
+    than a few times the size of the weight files (float32 parameters and their gradients).
     """
     directory = Path(path)
     if not directory.is_dir():
@@ -144,7 +156,6 @@ def load_pretrained(cls, path):
     headers = weight_file_headers(directory)
     check_declared_shapes(config, by_gpt2_name(headers), source=directory)
 
-    model = cls(config)
     tensors = by_gpt2_name({file: load_file(file) for file in headers})
     if config.tie_weights and LM_HEAD in tensors:
         # Some converters store the tied head anyway; then it must be a copy of the embedding.
@@ -152,13 +163,11 @@ def load_pretrained(cls, path):
         if "wte.weight" in tensors and not np.array_equal(head, tensors["wte.weight"]):
             raise ValueError(f"{directory}: lm_head.weight differs from wte.weight, but config.json says "
                              "tie_word_embeddings is true")
-    targets = {gpt2_name(name): value for name, value in model.parameters().items()}
-    copy_tensors(targets, tensors, source=directory)
-    model.tokenizer = load_gpt2_tokenizer(directory, config.vocab_size)
-    return model.eval()
+    weights = our_weights(config.parameter_shapes(), tensors, source=directory)
+    return config, weights, load_gpt2_tokenizer(directory, config.vocab_size)
 
 
-def config_from_gpt2(gpt2_config, source):
+def config_from_gpt2(gpt2_config: dict[str, Any], source: Path) -> TransformerConfig:
     """A parsed GPT-2 config.json (a dict) -> TransformerConfig, or ValueError naming the field it cannot
     represent."""
     model_type = gpt2_config.get("model_type")
@@ -199,7 +208,7 @@ def config_from_gpt2(gpt2_config, source):
                          ) from None
 
 
-def weight_file_headers(directory):
+def weight_file_headers(directory: Path) -> dict[Path, dict[str, TensorSpec]]:
     """file -> its safetensors header (stored name -> TensorSpec) for each file holding the weights:
     model.safetensors, or else the shards that model.safetensors.index.json lists.
 
@@ -243,13 +252,13 @@ def weight_file_headers(directory):
     return headers
 
 
-def is_plain_file_name(name):
+def is_plain_file_name(name: object) -> bool:
     """True for a str naming a file in a directory, with no way to reach outside it: not empty, not "." or
     "..", without separators ("/", and "\\" and ":" as Windows reads them) or NUL."""
     return isinstance(name, str) and name not in ("", ".", "..") and not any(char in name for char in "/\\:\0")
 
 
-def by_gpt2_name(contents):
+def by_gpt2_name(contents: Mapping[Path, Mapping[str, Any]]) -> dict[str, Any]:
     """{file: {stored name: value}} -> {GPT-2 name (without the "transformer." prefix): value} over all files.
 
     The values are whatever was read: arrays (load_file) or TensorSpecs (read_header). The causal-mask
@@ -268,7 +277,7 @@ def by_gpt2_name(contents):
     return merged
 
 
-def check_declared_shapes(config, declared, source):
+def check_declared_shapes(config: TransformerConfig, declared: Mapping[str, TensorSpec], source: Path) -> None:
     """Compare the tensors the safetensors headers declare (GPT-2 name -> TensorSpec) with those `config`
     implies, before a model of that config is built: ValueError naming `source` and the first difference."""
     # Each layer has len(BLOCK_NAMES) tensors. A layer count the files cannot hold is refused before even the
@@ -282,7 +291,8 @@ def check_declared_shapes(config, declared, source):
     check_same_tensors(expected, {name: spec.shape for name, spec in declared.items()}, source)
 
 
-def check_same_tensors(expected, actual, source):
+def check_same_tensors(expected: Mapping[str, Sequence[int]], actual: Mapping[str, Sequence[int]], source: Path
+                       ) -> None:
     """Both dicts (name -> shape) must have the same names and each name the same shape; otherwise
     ValueError naming the tensor and `source` (the file or directory, for the message)."""
     missing = [name for name in expected if name not in actual]
@@ -298,61 +308,45 @@ def check_same_tensors(expected, actual, source):
                              f"{tuple(shape)}")
 
 
-def copy_tensors(targets, tensors, source):
-    """Copy every array of `tensors` into the live parameter of the same name in `targets`.
-
-    Both dicts must have exactly the same names, each pair the same shape, and the arrays a floating-point
-    dtype; otherwise ValueError naming the tensor and `source`, before anything is copied.
-    """
-    check_same_tensors({name: value.shape for name, value in targets.items()},
+def our_weights(shapes: Mapping[str, tuple[int, ...]], tensors: Mapping[str, np.ndarray], source: Path
+                ) -> dict[str, np.ndarray]:
+    """GPT-2 name -> array (`tensors`) as our name -> array, after checking them against `shapes` (our name
+    -> shape, from TransformerConfig.parameter_shapes): the same tensors, each of its shape and floating point;
+    otherwise ValueError naming the tensor and `source`."""
+    check_same_tensors({gpt2_name(name): shape for name, shape in shapes.items()},
                        {name: value.shape for name, value in tensors.items()}, source)
-    for name in targets:
-        if tensors[name].dtype.kind != "f":
-            raise ValueError(f"{source}: tensor {name!r} has dtype {tensors[name].dtype}; weights must be "
+    weights = {name: tensors[gpt2_name(name)] for name in shapes}
+    for name, value in weights.items():
+        if value.dtype.kind != "f":
+            raise ValueError(f"{source}: tensor {gpt2_name(name)!r} has dtype {value.dtype}; weights must be "
                              "floating point")
-    for name, target in targets.items():
-        target[...] = tensors[name]  # casts to the model's dtype
+    return weights
 
 
-def others(names):
+def others(names: Sequence[str]) -> str:
+    """' (and N more)' after the first of several names in a message, '' for one."""
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
 
 
-def load_gpt2_tokenizer(directory, vocab_size):
-    """GPT-2's tokenizer from vocab.json + merges.txt in `directory`, or from tokenizer.json (what current
-    transformers saves), or None when there is neither. One of vocab.json and merges.txt without the other
-    (and no tokenizer.json) is a damaged directory, refused rather than loaded without its tokenizer."""
-    vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
-    tokenizer_file = directory / "tokenizer.json"
-    if vocab_file.exists() != merges_file.exists() and not tokenizer_file.exists():
-        present, absent = (vocab_file, merges_file) if vocab_file.exists() else (merges_file, vocab_file)
-        raise ValueError(f"{directory}: has {present.name} but no {absent.name} (nor tokenizer.json); GPT-2's "
-                         "tokenizer needs both")
+def load_gpt2_tokenizer(directory: Path, vocab_size: int) -> Tokenizer | None:
+    """The tokenizer in `directory` as tokenizer.load_tokenizer finds it (GPT-2's vocab.json + merges.txt, or the
+    tokenizer.json current transformers saves), or None when there is none. One of vocab.json and merges.txt
+    without the other (and no tokenizer.json) is a damaged directory, refused rather than loaded without its
+    tokenizer."""
     try:
-        if vocab_file.exists() and merges_file.exists():
-            tokenizer = ByteBPETokenizer.from_files(vocab_file, merges_file)
-        elif tokenizer_file.exists():
-            tokenizer = ByteBPETokenizer.from_tokenizer_json(tokenizer_file)
-        else:
-            return None
-    except (TypeError, ValueError) as error:
+        tokenizer = load_tokenizer(directory)
+    except (OSError, TypeError, ValueError) as error:
         raise ValueError(f"{directory}: cannot load the tokenizer: {error}") from None
-    if tokenizer.vocab_size > vocab_size:
+    if tokenizer is not None and tokenizer.vocab_size > vocab_size:
         raise ValueError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, more than the "
                          f"model's vocab_size {vocab_size}")
     return tokenizer
 
 
-def read_json_object(path):
-    """The JSON object in file `path`, as a dict; ValueError naming the file for anything else."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply") from None
-    except ValueError as error:  # JSONDecodeError, or an integer with too many digits to convert
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in file `path`, as a dict (read by atomic_files.read_json); ValueError naming the file for
+    anything else."""
+    content = read_json(path)
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a JSON object {{...}}, got {type(content).__name__} {content!r:.80}")
     return content
@@ -362,7 +356,7 @@ def read_json_object(path):
 # Saving
 
 
-def save_pretrained(model, path):
+def save_pretrained(model: TransformerLM, path: str | os.PathLike) -> None:
     """Write `model` into directory `path` (created if needed) in the layout of transformers' GPT-2:
     model.safetensors, config.json, and vocab.json + merges.txt when `model.tokenizer` is a
     ByteBPETokenizer.
@@ -417,7 +411,7 @@ def save_pretrained(model, path):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def replace_export(directory, staging):
+def replace_export(directory: Path, staging: Path) -> None:
     """Put the files of `staging` in place of the export files in `directory`. config.json goes first and
     comes back last: a directory caught half-way has none, so it cannot load as a mix of two exports."""
     stale = [file for file in directory.iterdir() if file.name in EXPORT_FILES or SHARD_FILE.fullmatch(file.name)]
@@ -428,7 +422,7 @@ def replace_export(directory, staging):
     fsync_directory(directory)
 
 
-def gpt2_config(config, tokenizer):
+def gpt2_config(config: TransformerConfig, tokenizer: ByteBPETokenizer | None) -> dict[str, Any]:
     """TransformerConfig -> the fields of a GPT-2 config.json. The tokenizer's end-of-text token becomes
     bos_token_id and eos_token_id, as in GPT-2; without one both are null (GPT-2's default, 50256, would
     lie outside a smaller vocabulary)."""

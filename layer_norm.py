@@ -1,5 +1,8 @@
-"""Layer normalization and the residual connections it wraps around each sub-layer."""
+"""Layer normalization over the feature axis (the residual wiring around it is in decoder.py)."""
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 
 from module import Module
 
@@ -10,7 +13,7 @@ class LayerNorm(Module):
     x: (B, T, C) -> (B, T, C).  weight (the gain) starts at 1, bias at 0.
     """
 
-    def __init__(self, d_model, eps, dtype):
+    def __init__(self, d_model: int, eps: float, dtype: npt.DTypeLike) -> None:
         super().__init__()
         self.eps = eps
         self.add_parameter("weight", np.ones(d_model, dtype=dtype))
@@ -18,7 +21,8 @@ class LayerNorm(Module):
         self.normalized = None
         self.inverse_std = None
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (..., C) -> (..., C), normalized over C."""
         mean = x.mean(axis=-1, keepdims=True)
         centered = x - mean
         variance = np.mean(centered * centered, axis=-1, keepdims=True)
@@ -29,7 +33,8 @@ class LayerNorm(Module):
         out += self.params["bias"]
         return out
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (..., C) -> dx (..., C); adds the gradients of weight and bias."""
         # With x_hat the normalized input and g = dout * weight, differentiating through the mean
         # and the variance gives  dx = inverse_std * (g - mean(g) - x_hat * mean(g * x_hat)).
         batch_axes = tuple(range(dout.ndim - 1))
@@ -42,21 +47,3 @@ class LayerNorm(Module):
         dx *= self.inverse_std
         return dx
 
-
-def residual_forward(x, sublayer, norm, norm_first, **sublayer_options):
-    """One residual sub-layer in either arrangement (sublayer_options go to sublayer.forward).
-
-    post-LN (the original Transformer): LayerNorm(x + sublayer(x))
-    pre-LN  (GPT-2):                    x + sublayer(LayerNorm(x))
-    """
-    if norm_first:
-        return x + sublayer.forward(norm.forward(x), **sublayer_options)
-    return norm.forward(x + sublayer.forward(x, **sublayer_options))
-
-
-def residual_backward(dout, sublayer, norm, norm_first):
-    """The gradient of `residual_forward`: the identity path plus the path through the sub-layer."""
-    if norm_first:
-        return dout + norm.backward(sublayer.backward(dout))
-    dsum = norm.backward(dout)
-    return dsum + sublayer.backward(dsum)

@@ -1,12 +1,17 @@
 """Demo: build a TransformerLM, run a forward pass on random token ids, print the shape and some logits."""
+from __future__ import annotations
+
 import argparse
+from collections.abc import Sequence
 
 import numpy as np
 
-from transformer_lm import PRESETS, TransformerConfig, TransformerLM
+from transformer_config import CHOICES, PRESETS, TransformerConfig
+from transformer_lm import TransformerLM
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The demo's options: a preset, any config field overridden, and the random batch's shape and seed."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="starting shape")
     parser.add_argument("--vocab-size", type=int, help="number of distinct tokens")
@@ -16,19 +21,20 @@ def parse_args(argv=None):
     parser.add_argument("--d-ff", type=int, help="feed-forward width (default 4 * d_model)")
     parser.add_argument("--max-seq-len", type=int, help="longest sequence the model accepts")
     parser.add_argument("--dropout", type=float, help="dropout probability (off in this eval-mode demo)")
-    parser.add_argument("--positional", choices=["sinusoidal", "learned"])
+    parser.add_argument("--positional", choices=CHOICES["positional"])
     parser.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
                         help="pre-LN (GPT-2) instead of post-LN (the original Transformer)")
-    parser.add_argument("--activation", choices=["gelu_tanh", "gelu"])
-    parser.add_argument("--init", choices=["xavier", "gpt2"])
-    parser.add_argument("--dtype", choices=["float32", "float64"])
+    parser.add_argument("--activation", choices=CHOICES["activation"])
+    parser.add_argument("--init", choices=CHOICES["init"])
+    parser.add_argument("--dtype", choices=CHOICES["dtype"])
     parser.add_argument("--batch-size", type=int, default=2, help="sequences in the random batch (B)")
     parser.add_argument("--seq-len", type=int, default=16, help="tokens per sequence (T)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the random ids")
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
+    """Build the model, run one forward pass on random ids, print what came out."""
     args = parse_args(argv)
     overrides = {field: value for field, value in vars(args).items()
                  if field in TransformerConfig.__dataclass_fields__ and value is not None}

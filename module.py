@@ -6,7 +6,12 @@ needs, and `backward(dout)` returns the gradient with respect to the layer's inp
 tensor used twice, such as the token embedding that is also the output projection, needs no
 special case: both uses simply add their share.
 """
+from __future__ import annotations
+
+from collections.abc import Iterator
+
 import numpy as np
+import numpy.typing as npt
 
 
 class Module:
@@ -16,16 +21,18 @@ class Module:
     dotted names such as `blocks.0.attention.W_qkv`.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.params = {}
         self.grads = {}
         self.training = True
 
-    def add_parameter(self, name, value):
+    def add_parameter(self, name: str, value: np.ndarray) -> None:
+        """Register `value` as parameter `name`, with a zero gradient of the same shape and dtype."""
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
-    def children(self):
+    def children(self) -> Iterator[tuple[str, Module]]:
+        """(attribute name, sub-module) for the direct sub-modules; list items are named `list.index`."""
         for attribute, value in vars(self).items():
             if isinstance(value, Module):
                 yield attribute, value
@@ -34,36 +41,61 @@ class Module:
                     if isinstance(item, Module):
                         yield f"{attribute}.{index}", item
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """(dotted prefix, module) for this module and every module below it, depth first."""
         yield prefix, self
         for name, child in self.children():
             yield from child.named_modules(f"{prefix}{name}.")
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """dict full name -> the live parameter array (editing it in place edits the model)."""
         return {prefix + name: value for prefix, module in self.named_modules()
                 for name, value in module.params.items()}
 
-    def gradients(self):
+    def gradients(self) -> dict[str, np.ndarray]:
         """dict full name -> the accumulated gradient array (same keys as `parameters()`)."""
         return {prefix + name: value for prefix, module in self.named_modules()
                 for name, value in module.grads.items()}
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every gradient of this module and its sub-modules to 0, in place."""
         for _, module in self.named_modules():
             for grad in module.grads.values():
                 grad.fill(0)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (mode=True: dropout on, penalties added) or evaluation mode, for the whole tree."""
         for _, module in self.named_modules():
             module.training = mode
         return self
 
-    def eval(self):
+    def eval(self) -> Module:
+        """Evaluation mode (dropout off, no training penalties): train(False)."""
         return self.train(False)
 
+    # Hooks over the tree of modules. Each default just asks the sub-modules, so calling one on the model
+    # collects it over every layer; a layer with something of its own overrides it (adding super()'s result
+    # when it has sub-modules). TransformerLM.loss adds penalty() in training mode and its backward() calls
+    # penalty_backward(); a trainer calls model.after_step() after every optimizer step.
 
-def linear_forward(x, weight, bias):
+    def penalty(self) -> float:
+        """The terms this module adds to the training loss (regularizers such as the adaptive span's L1
+        penalty): 0.0 unless a layer below defines one."""
+        return sum((child.penalty() for _, child in self.children()), 0.0)
+
+    def penalty_backward(self) -> None:
+        """Add the gradient of penalty() to the grads of the parameters it depends on."""
+        for _, child in self.children():
+            child.penalty_backward()
+
+    def after_step(self) -> None:
+        """Called after each optimizer step, for constraints a gradient step may break (the adaptive span
+        clamps its spans back into [0, max_span])."""
+        for _, child in self.children():
+            child.after_step()
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """y = x @ W + b.  x: (..., in), W: (in, out), b: (out,) -> (..., out).
 
     Weights are stored (in, out), the layout of GPT-2's Conv1D, so checkpoints map without
@@ -75,7 +107,8 @@ def linear_forward(x, weight, bias):
     return out.reshape(*x.shape[:-1], weight.shape[1])
 
 
-def linear_backward(dout, x, weight, grad_weight, grad_bias):
+def linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray, grad_weight: np.ndarray,
+                    grad_bias: np.ndarray) -> np.ndarray:
     """Adds dL/dW = x^T dout and dL/db = sum(dout) into the grads; returns dL/dx = dout W^T."""
     x_2d = x.reshape(-1, x.shape[-1])
     dout_2d = dout.reshape(-1, dout.shape[-1])
@@ -91,13 +124,14 @@ class Dropout(Module):
     The random numbers come from the Generator handed in (the model's), so a seed fixes the masks.
     """
 
-    def __init__(self, p, rng):
+    def __init__(self, p: float, rng: np.random.Generator) -> None:
         super().__init__()
         self.p = p
         self.rng = rng
         self.scaled_mask = None
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (any shape) -> x with dropout applied (x itself in evaluation mode or with p = 0)."""
         if not self.training or self.p == 0.0:
             self.scaled_mask = None
             return x
@@ -105,23 +139,26 @@ class Dropout(Module):
         self.scaled_mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * self.scaled_mask
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout -> dx through the same mask as the last forward."""
         return dout if self.scaled_mask is None else dout * self.scaled_mask
 
 
 class Embedding(Module):
     """A lookup table: ids (...) -> rows of `weight` (..., d_model).  weight: (num_rows, d_model)."""
 
-    def __init__(self, num_rows, d_model, dtype):
+    def __init__(self, num_rows: int, d_model: int, dtype: npt.DTypeLike) -> None:
         super().__init__()
         self.add_parameter("weight", np.zeros((num_rows, d_model), dtype=dtype))
         self.ids = None
 
-    def forward(self, ids):
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """ids (...) integers -> rows (..., d_model)."""
         self.ids = ids
         return self.params["weight"][ids]
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> None:
+        """dout (..., d_model): adds each position's gradient to its row of the weight's gradient."""
         # A row used by several positions receives the sum of their gradients; np.add.at adds
         # repeated indices correctly where `grad[ids] += dout` would keep only one of them.
         np.add.at(self.grads["weight"], self.ids, dout)

@@ -4,6 +4,8 @@ Everything works on plain dicts of NumPy arrays: ``params`` maps a parameter nam
 ``grads`` maps the same names to gradients of the same shapes. The optimizer updates ``params`` in place, so
 the model sees the new values without any copying back.
 """
+from __future__ import annotations
+
 import math
 import numbers
 
@@ -56,7 +58,8 @@ class AdamW:
     The moments m and v are kept in each parameter's own dtype, so a float32 model stays float32.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         _check_learning_rate(lr)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -85,11 +88,11 @@ class AdamW:
         self.exp_avg = {name: np.zeros_like(param) for name, param in params.items()}
         self.exp_avg_sq = {name: np.zeros_like(param) for name, param in params.items()}
 
-    def decays(self, name):
+    def decays(self, name: str) -> bool:
         """Whether weight decay applies to parameter ``name`` (only tensors with ndim >= 2)."""
         return self.params[name].ndim >= 2
 
-    def step(self, grads, lr=None):
+    def step(self, grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """Apply one AdamW update to every parameter, in place.
 
         grads: dict name -> gradient with the parameter's shape.
@@ -129,7 +132,7 @@ class AdamW:
             scratch *= step_size
             param -= scratch
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """The optimizer's state as a flat dict of arrays and numbers, storable with ``np.savez``.
 
         Keys: ``step`` (int), ``exp_avg.<name>`` and ``exp_avg_sq.<name>`` (copies of the moments).
@@ -141,7 +144,7 @@ class AdamW:
             state[f"exp_avg_sq.{name}"] = self.exp_avg_sq[name].copy()
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         """Restore a state produced by ``state_dict`` (or read back from an .npz file).
 
         Every key must be present with the parameter's shape and no extra keys are allowed; a mismatch raises
@@ -176,7 +179,7 @@ class AdamW:
             np.copyto(self.exp_avg_sq[name], state[f"exp_avg_sq.{name}"])
 
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
 
     The global norm is sqrt(sum over all tensors of sum(g^2)), as if every gradient were one long vector.
@@ -199,7 +202,8 @@ def clip_grad_norm(grads, max_norm):
     return total_norm
 
 
-def accumulate_grads(total, grads, scale=1.0):
+def accumulate_grads(total: dict[str, np.ndarray] | None, grads: dict[str, np.ndarray],
+                     scale: float = 1.0) -> dict[str, np.ndarray]:
     """Add ``scale * grads`` into ``total`` and return it, for gradient accumulation over micro-batches.
 
     total: dict name -> array, or None to start a new sum (the gradients are copied, never aliased, since a
@@ -215,7 +219,8 @@ def accumulate_grads(total, grads, scale=1.0):
     return total
 
 
-def lr_schedule(iteration, *, lr, min_lr, warmup_iters, decay_iters, kind="cosine"):
+def lr_schedule(iteration: int, *, lr: float, min_lr: float, warmup_iters: int, decay_iters: int,
+                kind: str = "cosine") -> float:
     """Learning rate for ``iteration`` (0-based), following nanoGPT's ``get_lr``.
 
     kind="cosine":

@@ -2,12 +2,15 @@
 
 Both map positions (T,) to vectors (T, C) that the decoder adds to the token embeddings.
 """
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 
 from module import Embedding, Module
 
 
-def sinusoidal_table(positions, d_model):
+def sinusoidal_table(positions: npt.ArrayLike, d_model: int) -> np.ndarray:
     """PE[pos, 2i] = sin(pos / 10000^(2i / d_model)),  PE[pos, 2i+1] = cos(pos / 10000^(2i / d_model)).
 
     positions: integers of any shape, (T,) or (B, T) -> (..., d_model) float64. Column j uses the frequency of its pair
@@ -28,26 +31,26 @@ class SinusoidalPositionalEncoding(Module):
     most (in float64 for accuracy, then cast); later positions are computed on demand, since the formula has no
     limit."""
 
-    def __init__(self, max_seq_len, d_model, dtype):
+    def __init__(self, max_seq_len: int, d_model: int, dtype: npt.DTypeLike) -> None:
         super().__init__()
         self.d_model = d_model
         self.dtype = dtype
         self.table = sinusoidal_table(np.arange(min(max_seq_len, PRECOMPUTED_POSITIONS)), d_model).astype(dtype)
 
-    def forward(self, positions):
+    def forward(self, positions: np.ndarray) -> np.ndarray:
         """positions: (T,) or (B, T) -> (T, C) or (B, T, C)."""
         if positions.size and positions.max() >= len(self.table):
             return sinusoidal_table(positions, self.d_model).astype(self.dtype)
         return self.table[positions]
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> None:
         """Nothing to learn and nothing upstream: the positions are not differentiable."""
 
 
 class LearnedPositionalEmbedding(Embedding):
     """A trained (max_seq_len, C) table, one row per position (GPT-2's `wpe`)."""
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> None:
         """dout: (B, T, C). With positions (T,) every sequence used the same rows: their gradients add."""
         if dout.ndim > self.ids.ndim + 1:
             dout = dout.sum(axis=0)

@@ -12,14 +12,22 @@ arranges queries and keys in blocks so that only the pairs the rule may allow ar
 (`attend` in attention.py) is the same for all. With positions given (a KV cache) the same rules mask a
 dense computation, which the tests use as the reference.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from attention import AttentionPattern, HeadGroup, causal_blocked, sequence_layout
+from attention import AttentionPattern, HeadGroup, Layout, causal_blocked, sequence_layout
+from transformer_config import TransformerConfig
+
+if TYPE_CHECKING:  # for the hints only: transformer_lm imports this module (through decoder.py)
+    from transformer_lm import TransformerLM
 
 
-def pad_sequence(x, length):
+def pad_sequence(x: np.ndarray, length: int) -> np.ndarray:
     """(B, h, T, D) -> (B, h, length, D), zeros after the T positions."""
     return np.pad(x, [(0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)])
 
@@ -33,7 +41,7 @@ class BlockedLayout:
     causal rule blocks them; keys before position 0 get position -1 (no key); padded queries are dropped.
     """
 
-    def __init__(self, seq_len, block_size, lookback):
+    def __init__(self, seq_len: int, block_size: int, lookback: int) -> None:
         self.seq_len, self.block_size, self.lookback = seq_len, block_size, lookback
         self.num_blocks = -(-seq_len // block_size)
         block_starts = np.arange(self.num_blocks)[:, None] * block_size                 # (N, 1)
@@ -42,24 +50,24 @@ class BlockedLayout:
         self.query_positions = query_positions[None, None, :, :, None]
         self.key_positions = np.maximum(key_positions, -1)[None, None, :, None, :]
 
-    def gather_queries(self, x):
+    def gather_queries(self, x: np.ndarray) -> np.ndarray:
         """(B, h, T, D) -> (B, h, N, L, D)."""
         B, h, _, D = x.shape
         return pad_sequence(x, self.num_blocks * self.block_size).reshape(B, h, self.num_blocks, self.block_size, D)
 
-    def gather_keys(self, x):
+    def gather_keys(self, x: np.ndarray) -> np.ndarray:
         """(B, h, T, D) -> (B, h, N, (lookback + 1) L, D): blocks n - lookback, ..., n side by side."""
         blocks = self.gather_queries(x)
         earlier = [np.pad(blocks[:, :, :self.num_blocks - back], [(0, 0), (0, 0), (back, 0), (0, 0), (0, 0)])
                    for back in range(self.lookback, 0, -1)]
         return np.concatenate(earlier + [blocks], axis=3)
 
-    def scatter_queries(self, grouped):
+    def scatter_queries(self, grouped: np.ndarray) -> np.ndarray:
         """(B, h, N, L, D) -> (B, h, T, D), the inverse of gather_queries."""
         B, h, N, L, D = grouped.shape
         return grouped.reshape(B, h, N * L, D)[:, :, :self.seq_len]
 
-    def scatter_keys(self, grouped):
+    def scatter_keys(self, grouped: np.ndarray) -> np.ndarray:
         """(B, h, N, (lookback + 1) L, D) -> (B, h, T, D): a key seen from several blocks adds their gradients."""
         B, h, N, _, D = grouped.shape
         parts = grouped.reshape(B, h, N, self.lookback + 1, self.block_size, D)
@@ -69,7 +77,7 @@ class BlockedLayout:
         return self.scatter_queries(blocks)
 
 
-def blocked_layout(seq_len, block_size, lookback):
+def blocked_layout(seq_len: int, block_size: int, lookback: int) -> Layout:
     """A BlockedLayout, or the plain dense one when a single block would cover the sequence."""
     if block_size >= seq_len:
         return sequence_layout(seq_len)
@@ -81,20 +89,20 @@ class ColumnLayout:
     c, c + stride, c + 2 stride, ... Scores (B, h, stride, R, R) with R = ceil(T / stride): each query
     meets exactly the keys a multiple of `stride` away. Padding as in BlockedLayout."""
 
-    def __init__(self, seq_len, stride):
+    def __init__(self, seq_len: int, stride: int) -> None:
         self.seq_len, self.stride = seq_len, stride
         self.num_rows = -(-seq_len // stride)
         columns = np.arange(self.num_rows * stride).reshape(self.num_rows, stride).T    # (stride, R)
         self.query_positions = columns[None, None, :, :, None]
         self.key_positions = columns[None, None, :, None, :]
 
-    def gather_queries(self, x):
+    def gather_queries(self, x: np.ndarray) -> np.ndarray:
         """(B, h, T, D) -> (B, h, stride, R, D)."""
         B, h, _, D = x.shape
         rows = pad_sequence(x, self.num_rows * self.stride).reshape(B, h, self.num_rows, self.stride, D)
         return rows.swapaxes(2, 3)
 
-    def scatter_queries(self, grouped):
+    def scatter_queries(self, grouped: np.ndarray) -> np.ndarray:
         """(B, h, stride, R, D) -> (B, h, T, D); every position sits in exactly one column."""
         B, h, _, _, D = grouped.shape
         return grouped.swapaxes(2, 3).reshape(B, h, -1, D)[:, :, :self.seq_len]
@@ -110,7 +118,7 @@ class SummaryLayout:
     since its own ones are already among its own keys and later ones are in the future.
     """
 
-    def __init__(self, seq_len, block_size, summary_positions):
+    def __init__(self, seq_len: int, block_size: int, summary_positions: np.ndarray) -> None:
         self.blocks = BlockedLayout(seq_len, block_size, lookback=0)
         self.summary_positions = summary_positions
         block_starts = self.blocks.query_positions[..., :1, :]                          # (1, 1, N, 1, 1)
@@ -118,20 +126,22 @@ class SummaryLayout:
         self.query_positions = self.blocks.query_positions
         self.key_positions = np.concatenate([self.blocks.key_positions, earlier_summaries], axis=-1)
 
-    def gather_queries(self, x):
+    def gather_queries(self, x: np.ndarray) -> np.ndarray:
+        """(B, h, T, D) -> (B, h, N, L, D)."""
         return self.blocks.gather_queries(x)
 
-    def scatter_queries(self, grouped):
+    def scatter_queries(self, grouped: np.ndarray) -> np.ndarray:
+        """(B, h, N, L, D) -> (B, h, T, D)."""
         return self.blocks.scatter_queries(grouped)
 
-    def gather_keys(self, x):
+    def gather_keys(self, x: np.ndarray) -> np.ndarray:
         """(B, h, T, D) -> (B, h, N, L + K, D)."""
         own = self.blocks.gather_keys(x)                                                # (B, h, N, L, D)
         summaries = x[:, :, self.summary_positions]                                     # (B, h, K, D)
         shared = np.broadcast_to(summaries[:, :, None], own.shape[:3] + summaries.shape[2:])
         return np.concatenate([own, shared], axis=3)
 
-    def scatter_keys(self, grouped):
+    def scatter_keys(self, grouped: np.ndarray) -> np.ndarray:
         """(B, h, N, L + K, D) -> (B, h, T, D); a summary key adds the gradients from every block."""
         own_size = self.blocks.block_size
         dx = self.blocks.scatter_keys(grouped[:, :, :, :own_size])
@@ -139,11 +149,11 @@ class SummaryLayout:
         return dx
 
 
-def window_group(heads, window):
+def window_group(heads: slice, window: int) -> HeadGroup:
     """Heads that see the `window` most recent keys, their own included: key j for query i when
     i - window < j <= i. Computed in blocks of `window` queries against their own block and the one
     before, O(T * window) time and memory."""
-    def blocked(query_positions, key_positions):
+    def blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
         return causal_blocked(query_positions, key_positions) | (query_positions - key_positions >= window)
 
     return HeadGroup(heads, blocked, lambda seq_len: blocked_layout(seq_len, window, lookback=1))
@@ -157,11 +167,11 @@ class SlidingWindow(AttentionPattern):
     rolling KV cache of `window` slots suffices, so generation can run past max_seq_len.
     """
 
-    def __init__(self, window):
+    def __init__(self, window: int) -> None:
         super().__init__()
         self.window = window
 
-    def head_groups(self, n_heads):
+    def head_groups(self, n_heads: int) -> list[HeadGroup]:
         return [window_group(slice(0, n_heads), self.window)]
 
 
@@ -173,17 +183,19 @@ class Strided(AttentionPattern):
     second half sees anyway.) Cost O(T * (stride + T / stride)): O(T sqrt T) for stride ~ sqrt T.
     """
 
-    def __init__(self, stride):
+    def __init__(self, stride: int) -> None:
         super().__init__()
         self.stride = stride
 
-    def column_blocked(self, query_positions, key_positions):
+    def column_blocked(self, query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
+        """The second half's rule: causal, and a whole number of strides back."""
         return causal_blocked(query_positions, key_positions) | ((query_positions - key_positions) % self.stride != 0)
 
-    def column_layout(self, seq_len):
+    def column_layout(self, seq_len: int) -> Layout:
+        """The second half's layout: by column (ColumnLayout), or dense when one column covers the sequence."""
         return ColumnLayout(seq_len, self.stride) if self.stride < seq_len else sequence_layout(seq_len)
 
-    def head_groups(self, n_heads):
+    def head_groups(self, n_heads: int) -> list[HeadGroup]:
         half = n_heads // 2
         return [window_group(slice(0, half), self.stride),
                 HeadGroup(slice(half, n_heads), self.column_blocked, self.column_layout)]
@@ -199,28 +211,32 @@ class Fixed(AttentionPattern):
     before any summary position and would otherwise have nothing to attend to.
     """
 
-    def __init__(self, stride, summary):
+    def __init__(self, stride: int, summary: int) -> None:
         super().__init__()
         self.stride, self.summary = stride, summary
 
-    def block_blocked(self, query_positions, key_positions):
+    def block_blocked(self, query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
+        """The first half's rule: causal, within the query's own block of `stride` positions."""
         return causal_blocked(query_positions, key_positions) | (query_positions // self.stride
                                                                  != key_positions // self.stride)
 
-    def summary_blocked(self, query_positions, key_positions):
+    def summary_blocked(self, query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
+        """The second half's rule: causal, summary positions (the last `summary` of each block) and itself."""
         not_summary = key_positions % self.stride < self.stride - self.summary
         return causal_blocked(query_positions, key_positions) | (not_summary & (key_positions != query_positions))
 
-    def block_layout(self, seq_len):
+    def block_layout(self, seq_len: int) -> Layout:
+        """The first half's layout: blocks of `stride` queries against their own block."""
         return blocked_layout(seq_len, self.stride, lookback=0)
 
-    def summary_layout(self, seq_len):
+    def summary_layout(self, seq_len: int) -> Layout:
+        """The second half's layout: each block against its own keys and the earlier summary positions."""
         if self.stride >= seq_len:
             return sequence_layout(seq_len)
         positions = np.arange(seq_len)
         return SummaryLayout(seq_len, self.stride, positions[positions % self.stride >= self.stride - self.summary])
 
-    def head_groups(self, n_heads):
+    def head_groups(self, n_heads: int) -> list[HeadGroup]:
         half = n_heads // 2
         return [HeadGroup(slice(0, half), self.block_blocked, self.block_layout),
                 HeadGroup(slice(half, n_heads), self.summary_blocked, self.summary_layout)]
@@ -231,47 +247,55 @@ class AdaptiveSpan(AttentionPattern):
     weighs the key at distance x = i - j by the soft mask m(x) = clamp((R + z_h - x) / R, 0, 1), a ramp
     of width R = ramp from 1 down to 0 past z_h; the masked weights are renormalized to sum to 1. As in
     the reference implementation the mask follows the softmax, and the parameter `span` (H,) holds
-    z / max_span in [0, 1], starting at 0; clamp_spans keeps it there after each optimizer step.
+    z / max_span in [0, 1], starting at 0; after_step keeps it there after each optimizer step.
 
     Keys beyond ceil(max z) + R get weight 0, so each query computes only the `window` most recent keys
     (a sliding window of that size): the cost falls as the spans shrink.
     """
 
-    def __init__(self, n_heads, max_span, ramp, loss_coefficient, dtype):
+    def __init__(self, n_heads: int, max_span: int, ramp: int, loss_coefficient: float, dtype: npt.DTypeLike) -> None:
         super().__init__()
         self.max_span, self.ramp, self.loss_coefficient = max_span, ramp, loss_coefficient
         self.add_parameter("span", np.zeros(n_heads, dtype=dtype))
 
     @property
-    def window(self):
+    def window(self) -> int:
         """Keys per query with a nonzero mask: distances 0 .. ceil(max z) + R - 1, at most max_span."""
         longest = math.ceil(float(self.params["span"].max()) * self.max_span)
         return max(1, min(self.max_span, longest + self.ramp))
 
-    def head_groups(self, n_heads):
+    def head_groups(self, n_heads: int) -> list[HeadGroup]:
         return [window_group(slice(0, n_heads), self.window)]
 
-    def span_mask(self, layout):
+    def span_mask(self, layout: Layout) -> np.ndarray:
+        """m(x) = clamp((R + z_h - x) / R, 0, 1) at the distances x of the layout's pairs, on the head axis."""
         spans = self.params["span"] * self.max_span
         distances = (layout.query_positions - layout.key_positions).astype(spans.dtype)
         spans = spans.reshape((-1,) + (1,) * (distances.ndim - 2))        # on the head axis of the scores
         return np.clip((self.ramp + spans - distances) / self.ramp, 0.0, 1.0)
 
-    def span_mask_backward(self, dspan_mask, span_mask):
+    def span_mask_backward(self, dspan_mask: np.ndarray, span_mask: np.ndarray) -> None:
+        """Adds d loss / d span from d loss / d m (dspan_mask)."""
         # dm/d(span) = max_span / R on the ramp, 0 where the clamp holds m at 0 or 1.
         on_ramp = (span_mask > 0.0) & (span_mask < 1.0)
         other_axes = tuple(axis for axis in range(dspan_mask.ndim) if axis != 1)
         self.grads["span"] += np.sum(dspan_mask * on_ramp, axis=other_axes) * (self.max_span / self.ramp)
 
-    def penalty(self):
+    def penalty(self) -> float:
         """The L1 penalty on the spans: loss_coefficient * (mean over heads of z in tokens)."""
         return self.loss_coefficient * self.max_span * float(np.mean(self.params["span"]))
 
-    def penalty_backward(self):
+    def penalty_backward(self) -> None:
+        """d penalty / d span: loss_coefficient * max_span / H for every head."""
         self.grads["span"] += self.loss_coefficient * self.max_span / self.params["span"].size
 
+    def after_step(self) -> None:
+        """Keep every span parameter in [0, 1] (0 to max_span tokens) after an optimizer step, as the
+        reference implementation does."""
+        np.clip(self.params["span"], 0.0, 1.0, out=self.params["span"])
 
-def make_pattern(config):
+
+def make_pattern(config: TransformerConfig) -> AttentionPattern:
     """The AttentionPattern a TransformerConfig asks for; a fresh one per layer (spans are per layer)."""
     if config.adaptive_span:
         return AdaptiveSpan(config.n_heads, config.max_span, config.span_ramp, config.span_loss_coefficient,
@@ -285,7 +309,7 @@ def make_pattern(config):
     return AttentionPattern()
 
 
-def dense_mask(pattern, n_heads, seq_len):
+def dense_mask(pattern: AttentionPattern, n_heads: int, seq_len: int) -> np.ndarray:
     """(H, T, T) bool, True where query i may not see key j: the pattern written out as an explicit mask."""
     layout = sequence_layout(seq_len)
     masks = []
@@ -295,19 +319,18 @@ def dense_mask(pattern, n_heads, seq_len):
     return np.stack(masks)
 
 
-def adaptive_spans(model):
+def adaptive_spans(model: TransformerLM) -> list[AdaptiveSpan]:
     """The AdaptiveSpan of every layer of a TransformerLM, first layer first (none without adaptive_span)."""
-    return [block.attention.pattern for block in model.decoder.blocks
-            if isinstance(block.attention.pattern, AdaptiveSpan)]
+    return [pattern for pattern in model.attention_patterns() if isinstance(pattern, AdaptiveSpan)]
 
 
-def clamp_spans(model):
-    """Keep every span parameter in [0, 1] (0 to max_span tokens). A trainer calls this after each
-    optimizer step, as the reference implementation does."""
-    for pattern in adaptive_spans(model):
-        np.clip(pattern.params["span"], 0.0, 1.0, out=pattern.params["span"])
-
-
-def span_summary(model):
+def span_summary(model: TransformerLM) -> list[list[float]]:
     """The learned spans in tokens for logging: one list per layer, one float per head ([] without adaptive_span)."""
     return [(pattern.params["span"] * pattern.max_span).tolist() for pattern in adaptive_spans(model)]
+
+
+def effective_spans(model: TransformerLM) -> list[list[float]]:
+    """The keys each head attends, in tokens: its learned span plus the ramp, at most max_span (a span of 0.3
+    with a 32-token ramp still sees 32 keys). One list per layer, one float per head ([] without adaptive_span)."""
+    return [np.minimum(pattern.params["span"] * pattern.max_span + pattern.ramp, pattern.max_span).tolist()
+            for pattern in adaptive_spans(model)]

@@ -27,11 +27,17 @@ regex engine behind tiktoken (Rust's) means Unicode's White_Space property, list
 ``unicodedata`` (``unicodedata.unidata_version``); characters assigned only in a later Unicode
 version count as neither letters nor numbers here, so for those alone the split can differ from
 tiktoken's.
+
+Files: both tokenizers ``save(directory)`` and ``load(directory)`` (tokenizer.json for characters; vocab.json +
+merges.txt for BPE), and ``load_tokenizer(directory)`` picks the class from what the directory holds.
 """
+from __future__ import annotations
+
 import functools
 import heapq
 import json
 import operator
+import os
 import re
 import reprlib
 import sys
@@ -39,6 +45,11 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Set
 from pathlib import Path
+from typing import Union
+
+from atomic_files import atomic_output, read_json
+
+CHAR_TOKENIZER_FILE = "tokenizer.json"  # also the name of the `tokenizers` library's single-file format
 
 
 class CharTokenizer:
@@ -50,7 +61,7 @@ class CharTokenizer:
     ``to_dict``/``from_dict`` give a plain JSON-serializable form for checkpoints.
     """
 
-    def __init__(self, chars, unknown_token=None):
+    def __init__(self, chars: Iterable[str], unknown_token: str | None = None) -> None:
         """chars: the distinct characters, in id order; unknown_token: None or one of them."""
         if not isinstance(chars, Iterable):
             raise TypeError(f"chars must be a sequence of single characters, got {type(chars).__name__}")
@@ -71,7 +82,7 @@ class CharTokenizer:
         self._char_to_id = {char: token_id for token_id, char in enumerate(chars)}
 
     @classmethod
-    def from_text(cls, text, unknown_token=None):
+    def from_text(cls, text: str, unknown_token: str | None = None) -> CharTokenizer:
         """Vocabulary = sorted distinct characters of ``text`` (plus ``unknown_token``, if given)."""
         alphabet = set(_check_text(text))
         if unknown_token is not None:
@@ -80,10 +91,10 @@ class CharTokenizer:
         return cls(sorted(alphabet), unknown_token)
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text):
+    def encode(self, text: str) -> list[int]:
         """str -> list of ids, one per character."""
         _check_text(text)
         char_to_id = self._char_to_id
@@ -100,31 +111,37 @@ class CharTokenizer:
                 f"(build the tokenizer with unknown_token=... to map such characters to one id)"
             ) from None
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
         """Ids (a list, tuple or iterator of ints, or a 1-D NumPy integer array) -> str."""
         return "".join(_look_up(self.chars, ids))
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """Plain JSON-serializable description; ``from_dict`` rebuilds an identical tokenizer."""
         return {"type": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: dict) -> CharTokenizer:
+        """The tokenizer ``to_dict`` described."""
         if not isinstance(data, dict) or data.get("type") != "char":
             raise ValueError("expected a dict with 'type': 'char', as written by CharTokenizer.to_dict")
         if not isinstance(data.get("chars"), list):
             raise ValueError("the 'chars' entry must be a list of single characters")
         return cls(data["chars"], data.get("unknown_token"))
 
-    def save(self, path):
-        """Write the tokenizer to a JSON file."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as ``directory``/tokenizer.json (whole or not at all), creating the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_text(directory / CHAR_TOKENIZER_FILE, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
-    def load(cls, path):
-        """Read a tokenizer written by ``save``."""
-        path = Path(path)
-        data = _read_json(path)
+    def load(cls, directory: str | os.PathLike) -> CharTokenizer:
+        """Read what ``save(directory)`` wrote (checkpoints of every version hold the same tokenizer.json)."""
+        path = Path(directory) / CHAR_TOKENIZER_FILE
+        return cls._from_file_data(read_json(_existing_file(path)), path)
+
+    @classmethod
+    def _from_file_data(cls, data: object, path: Path) -> CharTokenizer:
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:
@@ -211,7 +228,7 @@ def _class_body(ranges):
 
 
 @functools.cache
-def gpt2_split_regex(max_code_point=sys.maxunicode):
+def gpt2_split_regex(max_code_point: int = sys.maxunicode) -> re.Pattern:
     """GPT-2's pre-tokenization pattern compiled for ``re`` (built once per argument, then cached).
 
     The classes cover code points up to ``max_code_point``. ``re`` tests a class's code points
@@ -248,7 +265,7 @@ def _split_words(text):
 
 
 @functools.cache
-def gpt2_byte_to_char():
+def gpt2_byte_to_char() -> list[str]:
     """GPT-2's table from the 256 byte values to 256 printable characters (list indexed by byte).
 
     Vocabulary and merges files store tokens as text. Bytes that are already printable, non-space
@@ -327,7 +344,8 @@ class ByteBPETokenizer:
     Regular and special ids together must be exactly 0 .. vocab_size - 1.
     """
 
-    def __init__(self, vocab, merges, special_tokens):
+    def __init__(self, vocab: Mapping[bytes, int], merges: Iterable[tuple[bytes, bytes]],
+                 special_tokens: Mapping[str, int]) -> None:
         vocab, merges, special_tokens = dict(vocab), list(merges), dict(special_tokens)
         missing_bytes = [byte for byte in range(256) if bytes([byte]) not in vocab]
         if missing_bytes:
@@ -374,7 +392,7 @@ class ByteBPETokenizer:
     # ------------------------------------------------------------------ training
 
     @classmethod
-    def train(cls, text, vocab_size, special_tokens=("<|endoftext|>",)):
+    def train(cls, text: str, vocab_size: int, special_tokens: Iterable[str] = ("<|endoftext|>",)) -> ByteBPETokenizer:
         """Learn merges from ``text`` until there are ``vocab_size`` tokens; returns a tokenizer.
 
         Ids 0..255 are the single bytes, new tokens follow in the order they were learned, and the
@@ -460,25 +478,25 @@ class ByteBPETokenizer:
     # ------------------------------------------------------------------ encoding
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return len(self._id_to_bytes)
 
     @property
-    def merges(self):
+    def merges(self) -> list[tuple[bytes, bytes]]:
         """[(left bytes, right bytes), ...] in priority order (a copy)."""
         return list(self._merges)
 
     @property
-    def special_tokens(self):
+    def special_tokens(self) -> dict[str, int]:
         """{special token text: id} (a copy)."""
         return dict(self._special_tokens)
 
     @property
-    def eot_token(self):
+    def eot_token(self) -> int | None:
         """Id of "<|endoftext|>" (50256 for GPT-2), or None if this tokenizer has no such token."""
         return self._special_tokens.get("<|endoftext|>")
 
-    def encode(self, text, allowed_special="none"):
+    def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
         """str -> list of ids.
 
         allowed_special: "none" (the default: special-token text is encoded as ordinary text, so
@@ -499,11 +517,11 @@ class ByteBPETokenizer:
         self._encode_ordinary(text[start:], ids)
         return ids
 
-    def decode_bytes(self, ids):
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Ids -> the raw bytes they stand for (a token may hold part of a UTF-8 character)."""
         return b"".join(_look_up(self._id_to_bytes, ids))
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
         """Ids -> str. Byte sequences that are not valid UTF-8 become U+FFFD, as in GPT-2."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
@@ -595,7 +613,7 @@ class ByteBPETokenizer:
     # ------------------------------------------------------------------ files
 
     @classmethod
-    def from_files(cls, vocab_path, merges_path):
+    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> ByteBPETokenizer:
         """Load GPT-2's files: vocab.json + merges.txt (Hugging Face names) or encoder.json +
         vocab.bpe (OpenAI's names for the same content).
 
@@ -605,7 +623,7 @@ class ByteBPETokenizer:
         result of a merge (GPT-2: only "<|endoftext|>") are special tokens.
         """
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-        return cls._from_tables(_read_json(vocab_path), _read_text(merges_path).splitlines(),
+        return cls._from_tables(read_json(_existing_file(vocab_path)), _read_text(merges_path).splitlines(),
                                 vocab_path, merges_path)
 
     @classmethod
@@ -647,13 +665,17 @@ class ByteBPETokenizer:
             raise ValueError(f"{sources} do not form a valid tokenizer: {error}") from None
 
     @classmethod
-    def from_tokenizer_json(cls, path):
+    def from_tokenizer_json(cls, path: str | os.PathLike) -> ByteBPETokenizer:
         """Load the single-file format of the `tokenizers` library (tokenizer.json, which current
         transformers saves for GPT-2 instead of vocab.json + merges.txt): its "model" holds the same
         vocabulary and merges (each merge a "left right" string or a [left, right] pair), and its
         "added_tokens" the special tokens."""
         path = Path(path)
-        data = _read_json(path)
+        return cls._from_tokenizer_json_data(read_json(_existing_file(path)), path)
+
+    @classmethod
+    def _from_tokenizer_json_data(cls, data: object, path: Path) -> ByteBPETokenizer:
+        """from_tokenizer_json once the file is read: ``data`` is its JSON value."""
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object at the top level, got {reprlib.repr(data)}")
         model = data.get("model")
@@ -688,7 +710,7 @@ class ByteBPETokenizer:
                                  f"{reprlib.repr(vocab[content])}")
         return cls._from_tables(vocab, merge_lines, path, f"{path} (model.merges)")
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """The contents of vocab.json and merges.txt as plain JSON, for checkpoints and token caches."""
         vocab_json = {_token_to_text(token): token_id for token, token_id in self._vocab.items()}
         vocab_json.update(self._special_tokens)
@@ -696,22 +718,23 @@ class ByteBPETokenizer:
                 "merges": [f"{_token_to_text(left)} {_token_to_text(right)}" for left, right in self._merges]}
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: dict) -> ByteBPETokenizer:
+        """The tokenizer ``to_dict`` described."""
         if not isinstance(data, dict) or data.get("type") != "byte_bpe":
             raise ValueError("expected a dict with 'type': 'byte_bpe', as written by ByteBPETokenizer.to_dict")
         return cls._from_tables(data.get("vocab"), data.get("merges"), "the 'vocab' entry", "the 'merges' entry")
 
-    def save(self, directory):
-        """Write vocab.json and merges.txt (GPT-2's formats) into ``directory``, creating it."""
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write vocab.json and merges.txt (GPT-2's formats) into ``directory``, creating it; each file whole or
+        not at all."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tables = self.to_dict()
-        (directory / "vocab.json").write_text(json.dumps(tables["vocab"], ensure_ascii=False), encoding="utf-8")
-        (directory / "merges.txt").write_text("\n".join(["#version: 0.2", *tables["merges"]]) + "\n",
-                                              encoding="utf-8")
+        _write_text(directory / "vocab.json", json.dumps(tables["vocab"], ensure_ascii=False))
+        _write_text(directory / "merges.txt", "\n".join(["#version: 0.2", *tables["merges"]]) + "\n")
 
     @classmethod
-    def load(cls, directory):
+    def load(cls, directory: str | os.PathLike) -> ByteBPETokenizer:
         """Read a tokenizer written by ``save`` (or any directory holding GPT-2's two files)."""
         directory = Path(directory)
         return cls.from_files(directory / "vocab.json", directory / "merges.txt")
@@ -782,39 +805,77 @@ def _special_regex(special_tokens):
     return re.compile("|".join(re.escape(token) for token in ordered))
 
 
-def _read_text(path):
+# Either tokenizer, for type hints (a Union, not "|": Python 3.9 evaluates an alias at run time).
+Tokenizer = Union[CharTokenizer, ByteBPETokenizer]
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer saved in ``directory``, of the class its files say; None when it holds no tokenizer files.
+
+    vocab.json + merges.txt: a ByteBPETokenizer (GPT-2's files, as ``ByteBPETokenizer.save`` and Hugging Face
+    write them). Otherwise tokenizer.json: a CharTokenizer when it says ``"type": "char"`` (what
+    ``CharTokenizer.save`` writes), else the `tokenizers` library's format (what current transformers saves for
+    GPT-2). One of vocab.json and merges.txt without the other (and no tokenizer.json) is a damaged directory: a
+    FileNotFoundError naming the missing one, not a model silently loaded without its tokenizer.
+    """
+    directory = Path(directory)
+    vocab_file, merges_file, single_file = (directory / name for name in ("vocab.json", "merges.txt",
+                                                                          CHAR_TOKENIZER_FILE))
+    if vocab_file.is_file() and merges_file.is_file():
+        return ByteBPETokenizer.load(directory)
+    if single_file.is_file():
+        data = read_json(single_file)
+        if isinstance(data, dict) and data.get("type") == "char":
+            return CharTokenizer._from_file_data(data, single_file)
+        return ByteBPETokenizer._from_tokenizer_json_data(data, single_file)
+    if vocab_file.is_file() or merges_file.is_file():
+        present, absent = (vocab_file, merges_file) if vocab_file.is_file() else (merges_file, vocab_file)
+        raise FileNotFoundError(f"{directory}: has {present.name} but no {absent.name} (nor {CHAR_TOKENIZER_FILE}); "
+                                "GPT-2's tokenizer needs both")
+    return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as output:
+        output.write(text.encode("utf-8"))
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a file; else FileNotFoundError naming it as a tokenizer file."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
+    return path
+
+
+def _read_text(path):
     try:
-        return path.read_text(encoding="utf-8")
+        return _existing_file(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error})") from None
 
 
-def _read_json(path):
-    """The JSON value in the UTF-8 file ``path``; every flaw is a ValueError naming the file."""
-    text = _read_text(path)
-    try:
-        return json.loads(text, object_pairs_hook=_object_without_repeated_keys)
-    except RecursionError:
-        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
-    except ValueError as error:  # a syntax error, a repeated key, an integer of thousands of digits
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-
-
-def _object_without_repeated_keys(pairs):
-    """A JSON object as a dict; a key given twice is an error (a plain dict would keep the last silently)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
-        raise ValueError(f"the key {reprlib.repr(repeated)} appears more than once in an object")
-    return obj
-
-
-def tokenizer_from_dict(data):
+def tokenizer_from_dict(data: dict) -> Tokenizer:
     """Either tokenizer from its ``to_dict()`` form, told apart by the 'type' entry."""
     kinds = {"char": CharTokenizer, "byte_bpe": ByteBPETokenizer}
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in kinds:
         raise ValueError(f"unknown tokenizer type {kind!r}; expected one of {sorted(kinds)}")
     return kinds[kind].from_dict(data)
+
+
+def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids; an empty prompt starts from <|endoftext|> if the vocabulary has it, else a newline,
+    else the first token."""
+    if prompt:
+        return tokenizer.encode(prompt)
+    if getattr(tokenizer, "eot_token", None) is not None:
+        return [tokenizer.eot_token]
+    try:
+        return tokenizer.encode("\n")
+    except ValueError:  # a character vocabulary without newlines
+        return [0]

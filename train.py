@@ -1,4 +1,4 @@
-"""Train a TransformerLM with AdamW: on a text file (character-level), or on a built-in sorting task.
+"""Train a TransformerLM with AdamW: on a text file (character-level or BPE), or on a built-in sorting task.
 
     python train.py                                   # the synthetic sorting task, about a minute
     python train.py --data input.txt --preset shakespeare-char-cpu --out-dir out-shakespeare
@@ -6,93 +6,176 @@
     python train.py --plot out-shakespeare            # loss curves -> out-shakespeare/loss.png
 
 Logs follow nanoGPT: a line every --log-interval iterations, the mean train and val loss over
---eval-iters batches at iteration 0, every --eval-interval and at the end. Each evaluation is also
-appended to OUT_DIR/metrics.jsonl; the checkpoint (OUT_DIR/checkpoint, see checkpoint.py) is saved
-when the val loss improves and at the end.
+--eval-iters batches at iteration 0, every --eval-interval and at the end (there also the validation
+split's bits per byte, see evaluation.py). Every row logged goes to OUT_DIR/metrics.jsonl; the checkpoint
+(OUT_DIR/checkpoint, see checkpoint.py) is saved when the val loss improves, at the end and on Ctrl-C.
+
+From Python, train(model, data, **settings) runs the same loop on a model you built:
+
+    history = train.train(model, ids, max_iters=200, lr=1e-3, out_dir="out")   # ids: (N,) ints, or a text file
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+import evaluation
 from atomic_files import LockHeld, exclusive_lock
 from checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
-from data import SortingTask, prepare_text_dataset, read_text_file
-from generate import start_ids
+from data import SortingTask, TokenDataset, prepare_text_dataset, read_text_file
 from optim import AdamW, accumulate_grads, clip_grad_norm, lr_schedule
-from sparse_attention import clamp_spans, span_summary
-from tokenizer import ByteBPETokenizer
-from transformer_lm import CHOICES as MODEL_CHOICES
-from transformer_lm import TransformerConfig, TransformerLM
+from sparse_attention import effective_spans, span_summary
+from tokenizer import ByteBPETokenizer, start_ids
+from transformer_config import CHOICES as MODEL_CHOICES
+from transformer_config import PRESETS as MODEL_PRESETS
+from transformer_config import TransformerConfig
+from transformer_lm import TransformerLM
 
-# Training presets: model shape and optimization settings. Command-line flags override any field.
-PRESETS = {
+# Every setting's value when neither a preset nor a flag sets it: GPT-2's architecture and initialization, as
+# nanoGPT uses, and the "small" model (a few minutes on a laptop CPU for any text file).
+DEFAULTS = dict(
+    n_layers=2, n_heads=4, d_model=64, block_size=64, dropout=0.0, positional="learned", norm_first=True,
+    activation="gelu_tanh", init="gpt2", dtype="float32", attention="full", window=None, stride=None, summary=None,
+    adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6,
+    batch_size=16, max_iters=1000, lr=1e-3, min_lr=1e-4, warmup_iters=50, lr_decay_iters=None, schedule="cosine",
+    weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, grad_accum_steps=1,
+    eval_interval=200, eval_iters=20, log_interval=20, sample_tokens=200, seed=1337,
+    tokenizer="char", bpe_vocab_size=512)
+
+# The training presets: what each changes from DEFAULTS. "model" names a model preset (transformer_config.PRESETS)
+# whose shape the run takes (its vocab_size aside: the data sets it); the rest are training settings.
+TRAINING_PRESETS = {
+    # The defaults themselves.
+    "small": {},
     # The default without --data: sort 6 digits from {0, 1, 2}, >= 99% held-out accuracy in ~1 minute.
-    "sort": dict(n_layers=3, n_heads=4, d_model=48, dropout=0.0, batch_size=64, max_iters=1000, lr=5e-3,
-                 min_lr=5e-4, warmup_iters=50, weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=250,
+    "sort": dict(n_layers=3, n_heads=4, d_model=48, batch_size=64, lr=5e-3, min_lr=5e-4, eval_interval=250,
                  eval_iters=10, log_interval=50),
-    # A small character-level model for any text file, a few minutes on a laptop CPU.
-    "small": dict(n_layers=2, n_heads=4, d_model=64, block_size=64, dropout=0.0, batch_size=16, max_iters=1000,
-                  lr=1e-3, min_lr=1e-4, warmup_iters=50, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
-                  eval_interval=200, eval_iters=20, log_interval=20),
     # nanoGPT's CPU quick start for tiny Shakespeare (config/train_shakespeare_char.py + its README flags).
-    "shakespeare-char-cpu": dict(n_layers=4, n_heads=4, d_model=128, block_size=64, dropout=0.0, batch_size=12,
-                                 max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1,
-                                 beta2=0.99, grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10),
+    "shakespeare-char-cpu": dict(model="nanogpt-cpu", batch_size=12, max_iters=2000, warmup_iters=100,
+                                 eval_interval=250, log_interval=10),
 }
-# Settings no preset changes: GPT-2's architecture and initialization, as nanoGPT uses.
-COMMON = dict(positional="learned", norm_first=True, activation="gelu_tanh", init="gpt2", dtype="float32",
-              beta1=0.9, grad_accum_steps=1, seed=1337, lr_decay_iters=None, schedule="cosine", sample_tokens=200,
-              tokenizer="char", bpe_vocab_size=512, attention="full", window=None, stride=None, summary=None,
-              adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6)
+# --preset accepts both namespaces: a model preset's name trains that shape with the default training settings.
+PRESET_NAMES = (*TRAINING_PRESETS, *MODEL_PRESETS)
 
-
-# The values of the settings that are names (the model's from TransformerConfig): --help lists them and
+# The values of the settings that are names (the model's from config.CHOICES): --help lists them and
 # resolve_settings checks a resumed run's saved values against them.
-CHOICES = dict(MODEL_CHOICES, preset=tuple(sorted(PRESETS)), tokenizer=("char", "bpe"), schedule=("cosine", "constant"))
+CHOICES = dict(MODEL_CHOICES, preset=PRESET_NAMES, tokenizer=("char", "bpe"), schedule=("cosine", "constant"))
+
+# The settings that are the model's shape (TransformerConfig fields), besides block_size (its max_seq_len) and
+# max_span. train() takes them from the model it is given.
+MODEL_SETTINGS = ("d_model", "n_heads", "n_layers", "dropout", "positional", "norm_first", "activation", "init",
+                  "dtype", "attention", "window", "stride", "summary", "adaptive_span", "span_ramp",
+                  "span_loss_coefficient")
+MODEL_KEYS = (*MODEL_SETTINGS, "block_size", "max_span")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--data", help="UTF-8 text file to train on (character level); default: the synthetic sorting task")
-    add("--preset", choices=CHOICES["preset"], help="default: 'small' with --data, 'sort' without")
-    add("--tokenizer", choices=CHOICES["tokenizer"], help="characters (default), or a byte-level BPE trained on --data")
-    add("--bpe-vocab-size", type=int, help="vocabulary size of the BPE tokenizer (default 512)")
-    add("--out-dir", default="out", help="where the checkpoint, metrics.jsonl and loss.png go")
+class TrainingError(ValueError):
+    """Settings, data or a model that a run cannot use, or a run that cannot go on (its loss became NaN, its
+    output directory is unusable). train.py prints it as one `error: ...` line."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped train() between two iterations. checkpoint: where the run was saved (None without
+    out_dir); iteration: the iteration saved, where a resume continues; history: the rows logged until then."""
+
+    def __init__(self, iteration: int, checkpoint: Path | None, history: list[dict]) -> None:
+        super().__init__(f"interrupted at iteration {iteration}")
+        self.iteration, self.checkpoint, self.history = iteration, checkpoint, history
+
+
+def model_preset_settings(config: TransformerConfig) -> dict:
+    """The settings that describe `config`'s shape (its vocab_size aside: the data sets it)."""
+    return {**{name: getattr(config, name) for name in MODEL_SETTINGS}, "block_size": config.max_seq_len,
+            "max_span": config.max_span}
+
+
+def preset_settings(name: str) -> dict:
+    """Every setting of preset `name`: DEFAULTS, then its model preset's shape, then its own settings."""
+    preset = dict(TRAINING_PRESETS.get(name, {"model": name}))
+    model = preset.pop("model", None)
+    shape = model_preset_settings(TransformerConfig.from_preset(model)) if model else {}
+    return {**DEFAULTS, **shape, **preset}
+
+
+def show(value: object) -> str:
+    return "unset" if value is None else str(value)
+
+
+def presets_table() -> str:
+    """One line per preset: what it changes from the defaults (the epilog of --help)."""
+    lines = ["presets (--preset NAME; a flag overrides any value; what a preset does not list is the default):"]
+    for name in PRESET_NAMES:
+        model = TRAINING_PRESETS[name].get("model") if name in TRAINING_PRESETS else name
+        changes = {key: value for key, value in preset_settings(name).items() if DEFAULTS[key] != value}
+        origin = f"model preset {model}: " if model else ""
+        if name not in TRAINING_PRESETS:
+            origin = "model preset (TransformerConfig.from_preset), default training settings: "
+        values = " ".join(f"{key}={show(value)}" for key, value in changes.items()) or "the defaults"
+        lines.append(f"  {name:22}{origin}{values}")
+    lines.append("  Without --preset: 'sort' without --data, 'small' with it. The names sort, small and "
+                 "shakespeare-char-cpu are training-only; TransformerConfig.from_preset knows the others.")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's command line. Every setting's flag defaults to None (so that a resumed run can tell a given flag
+    from a default); its help shows the value it gets when neither a preset nor the flag sets it."""
+    parser = argparse.ArgumentParser(description=__doc__, epilog=presets_table(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add(name: str, *, help: str = "", **options: object) -> None:
+        dest = name[2:].replace("-", "_")
+        if dest in DEFAULTS and DEFAULTS[dest] is not None:
+            help = f"{help} (default: {DEFAULTS[dest]})".strip()
+        parser.add_argument(name, help=help, **options)
+
+    add("--data", help="UTF-8 text file to train on (default: the synthetic sorting task)")
+    add("--preset", choices=CHOICES["preset"], help="a named set of settings, listed below (default: 'sort' without "
+        "--data, 'small' with it)")
+    add("--tokenizer", choices=CHOICES["tokenizer"], help="characters, or a byte-level BPE trained on --data")
+    add("--bpe-vocab-size", type=int, help="vocabulary size of the BPE tokenizer")
+    add("--out-dir", default="out", help="where the checkpoint, metrics.jsonl and loss.png go (default: out)")
     add("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
     add("--plot", metavar="DIR", help="only draw DIR/metrics.jsonl to DIR/loss.png (needs matplotlib)")
-    add("--max-iters", type=int)
-    add("--batch-size", type=int)
+    add("--max-iters", type=int, help="optimizer steps of the run")
+    add("--batch-size", type=int, help="sequences per micro-batch")
     add("--block-size", type=int, help="context length T (the model's max_seq_len)")
     add("--n-layers", type=int)
     add("--n-heads", type=int)
     add("--d-model", type=int)
     add("--dropout", type=float)
     add("--positional", choices=CHOICES["positional"])
-    add("--norm-first", action=argparse.BooleanOptionalAction, default=None, help="pre-LN (default) or post-LN")
+    add("--norm-first", action=argparse.BooleanOptionalAction, help="pre-LN or post-LN")
     add("--activation", choices=CHOICES["activation"])
     add("--init", choices=CHOICES["init"])
-    add("--attention", choices=CHOICES["attention"], help="attention pattern (default full)")
+    add("--attention", choices=CHOICES["attention"], help="attention pattern")
     add("--window", type=int, help="keys each query sees with --attention sliding (itself included)")
     add("--stride", type=int, help="block length of --attention strided / fixed")
     add("--summary", type=int, help="summary positions per block with --attention fixed")
-    add("--adaptive-span", action=argparse.BooleanOptionalAction, default=None,
+    add("--adaptive-span", action=argparse.BooleanOptionalAction,
         help="each head learns its attention span (Sukhbaatar et al. 2019); spans are logged at each eval")
     add("--max-span", type=int, help="the longest span an adaptive head may learn (default: --block-size)")
-    add("--span-ramp", type=int, help="length of the soft mask's ramp (default 32)")
-    add("--span-loss-coefficient", type=float, help="L1 penalty per token of mean span (default 2e-6)")
+    add("--span-ramp", type=int, help="length of the soft mask's ramp")
+    add("--span-loss-coefficient", type=float, help="L1 penalty per token of mean span")
     add("--dtype", choices=CHOICES["dtype"])
     add("--lr", type=float, help="peak learning rate")
     add("--min-lr", type=float, help="learning rate at the end of the cosine decay")
-    add("--warmup-iters", type=int)
-    add("--lr-decay-iters", type=int, help="iteration where the cosine reaches min-lr (default: max-iters)")
+    add("--warmup-iters", type=int, help="linear warm-up; cut to a tenth of the decay horizon when it does not fit "
+        "before it")
+    add("--lr-decay-iters", type=int, help="iteration where the cosine reaches --min-lr, which stays after it "
+        "(default: --max-iters; a resumed run keeps its own)")
     add("--schedule", choices=CHOICES["schedule"])
     add("--weight-decay", type=float)
     add("--beta1", type=float)
@@ -102,12 +185,16 @@ def parse_args(argv=None):
     add("--eval-interval", type=int)
     add("--eval-iters", type=int)
     add("--log-interval", type=int)
-    add("--sample-tokens", type=int, help="characters to generate after training (0: none)")
+    add("--sample-tokens", type=int, help="tokens to generate after training (0: none)")
     add("--seed", type=int)
-    return parser.parse_args(argv)
+    return parser
 
 
-def integer_rule(minimum, maximum=None, unset_means=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def integer_rule(minimum: int, maximum: int | None = None, unset_means: str | None = None) -> Callable:
     """A settings rule: value -> what it should be if it is not an int in [minimum, maximum], else None.
     unset_means: what None stands for, where a setting may be left unset."""
     def problem(value):
@@ -121,7 +208,7 @@ def integer_rule(minimum, maximum=None, unset_means=None):
     return problem
 
 
-def number_rule(minimum, below=math.inf):
+def number_rule(minimum: float, below: float = math.inf) -> Callable:
     """A settings rule for a finite number in [minimum, below). (Every comparison with NaN is False, so a
     test such as `grad_clip > 0` would quietly read NaN as 'off'; here NaN and the infinities are refused.)"""
     def problem(value):
@@ -133,12 +220,12 @@ def number_rule(minimum, below=math.inf):
     return problem
 
 
-def choice_rule(choices):
+def choice_rule(choices: tuple) -> Callable:
     return lambda value: None if isinstance(value, str) and value in choices else f"one of {list(choices)}"
 
 
-# What every setting may be. Each value, whether from a preset, a resumed run's state.json or a flag, is
-# checked here once, before anything uses it: a bad value is an error naming its flag, never a default.
+# What every setting may be. Each value, whether from a preset, a resumed run's state.json, a flag or a keyword of
+# train(), is checked here once, before anything uses it: a bad value is an error naming its flag, never a default.
 SETTING_RULES = {
     **{name: integer_rule(1) for name in ("max_iters", "batch_size", "block_size", "n_layers", "n_heads", "d_model",
                                           "eval_interval", "eval_iters", "log_interval", "grad_accum_steps",
@@ -155,7 +242,6 @@ SETTING_RULES = {
     **{name: lambda value: None if isinstance(value, bool) else "true or false"
        for name in ("norm_first", "adaptive_span")},
     "data": lambda value: None if value is None or (isinstance(value, str) and value) else "a text file's path",
-    "out_dir": lambda value: None if isinstance(value, str) and value else "a directory's path",
 }
 # A resumed run keeps these (its tokens and its defaults); to change them, start a new run.
 KEPT_ON_RESUME = ("preset", "tokenizer", "bpe_vocab_size")
@@ -168,30 +254,49 @@ ONLY_WITH = {"bpe_vocab_size": ("tokenizer", "bpe"), "max_span": ("adaptive_span
 TEXT_ONLY = ("block_size", "tokenizer", "bpe_vocab_size", "sample_tokens")
 
 
-def option(name):
+def option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def flag(name, value):
+def flag(name: str, value: object) -> str:
     """How a setting reads on the command line: --tokenizer bpe, --adaptive-span, --no-adaptive-span."""
     if isinstance(value, bool):
         return option(name) if value else "--no-" + option(name)[2:]
     return f"{option(name)} {value}"
 
 
-def check_setting(name, value, source=""):
+def check_setting(name: str, value: object, source: str = "") -> None:
     expected = SETTING_RULES[name](value)
     if expected:
-        raise SystemExit(f"error: {option(name)} must be {expected}, got {value!r}{source}")
+        raise TrainingError(f"{option(name)} must be {expected}, got {value!r}{source}")
 
 
-def resolve_settings(args, saved=None):
-    """preset < saved run (when resuming) < flags given on the command line; every value checked."""
-    given = {key: value for key, value in vars(args).items() if value is not None and key not in ("resume", "plot")}
+def resolve_settings(args: argparse.Namespace, saved: dict | None = None) -> dict:
+    """train.py's settings: preset < saved run (when resuming) < flags given on the command line; every value
+    checked (see merge_settings). A problem exits with one `error: ...` line."""
+    given = {key: value for key, value in vars(args).items()
+             if value is not None and key not in ("resume", "plot", "out_dir")}
+    try:
+        return merge_settings(given, saved, sorting=given.get("data", (saved or {}).get("data")) is None)
+    except TrainingError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def merge_settings(given: dict, saved: dict | None = None, model: TransformerConfig | None = None,
+                   sorting: bool = False) -> dict:
+    """Every setting of a run: DEFAULTS < preset < saved run (resuming) < the model's shape < `given`, checked.
+
+    given: the settings chosen (flags, or train()'s keywords); saved: the resumed run's settings (its state.json);
+    model: the config of the model train() was given, whose shape the run takes; sorting: the sorting task (no
+    text settings). A resumed run keeps its decay horizon (see describe_schedule) unless given lr_decay_iters.
+    Raises TrainingError naming the setting.
+    """
     saved = saved or {}
-    unknown = sorted(set(saved) - set(SETTING_RULES))
-    if unknown:
-        raise SystemExit(f"error: the resumed run's settings have unknown entries {unknown}")
+    for settings, what in ((saved, "the resumed run's settings have unknown entries"),
+                           (given, "unknown settings")):
+        unknown = sorted(set(settings) - set(SETTING_RULES))
+        if unknown:
+            raise TrainingError(f"{what} {unknown}; the settings are train.py's flags (python train.py --help)")
 
     def source(name):
         return " (saved in the resumed run's state.json)" if name in saved and name not in given else ""
@@ -200,74 +305,136 @@ def resolve_settings(args, saved=None):
     check_setting("data", data, source("data"))
     preset = given.get("preset", saved.get("preset"))
     if preset is None:
-        preset = "sort" if data is None else "small"
+        preset = "sort" if sorting else "small"
     check_setting("preset", preset, source("preset"))
-    settings = {**COMMON, **PRESETS[preset], **saved, **given, "preset": preset, "data": data}
+    shape = model_preset_settings(model) if model else {}
+    base = {**preset_settings(preset), **saved, **shape}  # what each setting would be without `given`
+    if saved and base.get("lr_decay_iters") is None:
+        base["lr_decay_iters"] = saved["max_iters"]  # the schedule's horizon is part of the saved run
+    settings = {**base, **given, "preset": preset, "data": data}
     for name, value in settings.items():
         check_setting(name, value, source(name))
+    # A setting that the run would ignore, given a value other than its default, is a mistake to report.
+    ignored = {name: value for name, value in given.items() if value != base.get(name)}
     for name, (needed, needed_value) in ONLY_WITH.items():
-        if name in given and settings[needed] != needed_value:
-            raise SystemExit(f"error: {flag(name, given[name])} is only used with {flag(needed, needed_value)}, "
-                             f"but the run has {flag(needed, settings[needed])}")
-    if data is None:
+        if name in ignored and settings[needed] != needed_value:
+            raise TrainingError(f"{flag(name, given[name])} is only used with {flag(needed, needed_value)}, "
+                                f"but the run has {flag(needed, settings[needed])}")
+    if sorting:
         for name in TEXT_ONLY:
-            if name in given:
-                raise SystemExit(f"error: {flag(name, given[name])} is only used with --data (the sorting task "
-                                 "has its own tokens and block size)")
+            if name in ignored:
+                raise TrainingError(f"{flag(name, given[name])} is only used with --data (the sorting task "
+                                    "has its own tokens and block size)")
     for name in KEPT_ON_RESUME:
         if name in given and name in saved and given[name] != saved[name]:
-            raise SystemExit(f"error: {flag(name, given[name])}: the resumed run has {flag(name, saved[name])}, "
-                             f"which a resumed run keeps; start a new run in another --out-dir to change it")
+            raise TrainingError(f"{flag(name, given[name])}: the resumed run has {flag(name, saved[name])}, "
+                                f"which a resumed run keeps; start a new run in another --out-dir to change it")
+    if model:
+        for name in MODEL_KEYS:
+            if name in given and given[name] != shape[name]:
+                raise TrainingError(f"{name}={given[name]!r}: the model has {name}={shape[name]!r}, and a run "
+                                    "takes its shape from the model; build another model to change it")
     try:
         learning_rate(settings, 0)
     except ValueError as error:
-        raise SystemExit(f"error: {error} (see --lr, --min-lr, --warmup-iters, --lr-decay-iters)") from None
+        raise TrainingError(f"{error} (see --lr, --min-lr, --warmup-iters, --lr-decay-iters)") from None
     return settings
 
 
-def learning_rate(settings, iteration):
-    decay_iters = settings["max_iters"] if settings["lr_decay_iters"] is None else settings["lr_decay_iters"]
-    return lr_schedule(iteration, lr=settings["lr"], min_lr=settings["min_lr"], warmup_iters=settings["warmup_iters"],
-                       decay_iters=decay_iters, kind=settings["schedule"])
+def schedule_horizon(settings: dict) -> tuple[int, int]:
+    """(warm-up iterations, decay horizon): the cosine runs from the warm-up's end to the horizon, --lr-decay-iters
+    or else --max-iters, and stays at min_lr after it.
+
+    A warm-up that does not end before the horizon (a short run with a preset's warm-up: --max-iters 20 with 100
+    warm-up iterations) is cut to a tenth of the horizon, so a short run warms up, decays and ends at min_lr as
+    a long one does, only faster; a run is never refused for being short.
+    """
+    horizon = settings["max_iters"] if settings["lr_decay_iters"] is None else settings["lr_decay_iters"]
+    warmup = settings["warmup_iters"]
+    return (warmup if warmup < horizon else horizon // 10), horizon
+
+
+def learning_rate(settings: dict, iteration: int) -> float:
+    warmup, horizon = schedule_horizon(settings)
+    return lr_schedule(iteration, lr=settings["lr"], min_lr=settings["min_lr"], warmup_iters=warmup,
+                       decay_iters=horizon, kind=settings["schedule"])
+
+
+def describe_schedule(settings: dict) -> str:
+    """One line saying what the learning rate does over the run."""
+    if settings["schedule"] == "constant":
+        return f"schedule: constant learning rate {settings['lr']:.2e}"
+    warmup, horizon = schedule_horizon(settings)
+    cut = f" (--warmup-iters {settings['warmup_iters']} cut to a tenth of the horizon)" \
+        if warmup != settings["warmup_iters"] else ""
+    line = (f"schedule: linear warm-up over {warmup} iterations{cut}, cosine decay from {settings['lr']:.2e} to "
+            f"{settings['min_lr']:.2e} at iteration {horizon}")
+    if horizon < settings["max_iters"]:
+        line += (f", then {settings['min_lr']:.2e} until iteration {settings['max_iters']} (--lr-decay-iters "
+                 "moves the horizon)")
+    return line
 
 
 class Task:
-    """What the loop needs from either data source: batches, a vocabulary, a tokenizer to save.
-    tokenizer: the one a resumed run saved; None makes one from the text as settings["tokenizer"] says."""
+    """What the loop needs from a data source: batches, a vocabulary, a block size, a tokenizer to save.
 
-    def __init__(self, settings, tokenizer=None):
-        self.sorting = SortingTask() if settings["data"] is None else None
+    source: a data.TokenDataset (windows of block_size tokens) or a data.SortingTask (its own block size).
+    path: the text file the dataset came from, if any (a run's `data` setting).
+    """
+
+    def __init__(self, source: TokenDataset | SortingTask, block_size: int | None = None,
+                 path: str | None = None) -> None:
+        self.sorting = source if isinstance(source, SortingTask) else None
+        self.dataset = None if self.sorting else source
+        self.path = path
         if self.sorting:
             self.tokenizer, self.vocab_size, self.block_size = None, self.sorting.vocab_size, self.sorting.block_size
-        else:
-            data = settings["data"]
-            try:
-                if tokenizer is None and settings["tokenizer"] == "bpe":
-                    tokenizer = ByteBPETokenizer.train(read_text_file(data), settings["bpe_vocab_size"])
-                self.dataset = prepare_text_dataset(data, tokenizer)
-            except (OSError, ValueError) as error:
-                raise SystemExit(f"error: cannot read --data {data}: {error}") from None
-            self.tokenizer, self.vocab_size = self.dataset.tokenizer, self.dataset.vocab_size
-            self.block_size = settings["block_size"]
-            try:  # now, not at the first batch of one split or the other
-                self.dataset.check_block_size(self.block_size)
-            except ValueError as error:
-                raise SystemExit(f"error: --data {data} ({len(self.dataset.tokens):,} tokens) is too short for "
-                                 f"--block-size {self.block_size}: {error}; use a longer text or a smaller "
-                                 "--block-size") from None
+            return
+        self.tokenizer, self.block_size = self.dataset.tokenizer, block_size
+        # The largest id + 1 without a tokenizer (a bare token array): enough to check the model's vocabulary.
+        self.vocab_size = self.dataset.vocab_size if self.tokenizer else int(self.dataset.tokens.max()) + 1
+        try:  # now, not at the first batch of one split or the other
+            self.dataset.check_block_size(block_size)
+        except ValueError as error:
+            where = f"--data {path}" if path else "the token array"
+            raise TrainingError(f"{where} ({len(self.dataset.tokens):,} tokens) is too short for --block-size "
+                                f"{block_size}: {error}; use a longer text or a smaller --block-size") from None
 
-    def get_batch(self, split, batch_size, rng):
+    @classmethod
+    def from_text(cls, path: str | os.PathLike, tokenizer, settings: dict, block_size: int) -> Task:
+        """The text file's tokens: encoded with `tokenizer`, or else with one made from the text as
+        settings["tokenizer"] says (characters, or a BPE of settings["bpe_vocab_size"] tokens)."""
+        try:
+            if tokenizer is None and settings["tokenizer"] == "bpe":
+                tokenizer = ByteBPETokenizer.train(read_text_file(path), settings["bpe_vocab_size"])
+            dataset = prepare_text_dataset(path, tokenizer)
+        except (OSError, ValueError) as error:
+            raise TrainingError(f"cannot read --data {path}: {error}") from None
+        return cls(dataset, block_size, str(path))
+
+    def get_batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets), each (batch_size, T) int64."""
         if self.sorting:
             return self.sorting.get_batch(batch_size, rng, split="train" if split == "train" else "test")
         return self.dataset.get_batch(split, batch_size, self.block_size, rng)
 
 
-MODEL_SETTINGS = ("d_model", "n_heads", "n_layers", "dropout", "positional", "norm_first", "activation", "init",
-                  "dtype", "attention", "window", "stride", "summary", "adaptive_span", "span_ramp",
-                  "span_loss_coefficient")
+def token_task(tokens: object, tokenizer, block_size: int) -> Task:
+    """A Task of a token array (N,) of ints >= 0, split as text files are (the last 10% for validation)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu" or len(tokens) == 0:
+        raise TrainingError(f"a token array must be a non-empty 1-D array of integers, got shape {tokens.shape} of "
+                            f"{tokens.dtype}")
+    if tokens.min() < 0:
+        raise TrainingError(f"token ids must be >= 0, got {int(tokens.min())}")
+    try:
+        dataset = TokenDataset(tokens, tokenizer)
+    except ValueError as error:
+        raise TrainingError(f"the token array cannot be split: {error}") from None
+    return Task(dataset, block_size)
 
 
-def model_config(settings, task):
+def model_config(settings: dict, task: Task) -> TransformerConfig:
     max_span = settings["max_span"]
     if settings["adaptive_span"] and max_span is None:
         max_span = task.block_size
@@ -275,10 +442,10 @@ def model_config(settings, task):
         return TransformerConfig(vocab_size=task.vocab_size, max_seq_len=task.block_size, max_span=max_span,
                                  **{name: settings[name] for name in MODEL_SETTINGS})
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+        raise TrainingError(str(error)) from None
 
 
-def estimate_loss(model, task, settings, iteration):
+def estimate_loss(model: TransformerLM, task: Task, settings: dict, iteration: int) -> dict[str, float]:
     """Mean loss over eval_iters batches per split, dropout off. Batches come from a generator seeded
     by (seed, iteration), so evaluating never disturbs the training stream (resume stays exact)."""
     model.eval()
@@ -291,109 +458,234 @@ def estimate_loss(model, task, settings, iteration):
     return losses
 
 
-def format_duration(seconds):
+def format_duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def train(settings, out_dir, resume=False):
-    """Train as `settings` say, logging and checkpointing into out_dir; resume continues the run saved there.
-    The run holds out_dir's lock (OUT_DIR/train.lock) until it returns, so a second run on it is refused."""
-    out_dir = Path(out_dir)
+# The first steps of a process are slower (allocations, caches, BLAS start-up): the ETA leaves them out, and
+# reads the median of the most recent steps, which an evaluation or a hiccup does not move.
+ETA_SKIPPED_STEPS = 3
+ETA_RECENT_STEPS = 50
+
+
+def estimate_remaining(step_seconds: list[float], eval_seconds: float, iteration: int, max_iters: int,
+                       eval_interval: int) -> float | None:
+    """Seconds the run still needs after `iteration` has stepped: the steady-state time per step (median of the
+    recent steps, the first ETA_SKIPPED_STEPS of the process left out) times the steps left, plus the last
+    evaluation's time times the evaluations left. None until a steady-state step has been timed."""
+    steady = step_seconds[ETA_SKIPPED_STEPS:][-ETA_RECENT_STEPS:]
+    if not steady:
+        return None
+    steps_left = max_iters - iteration - 1
+    # Evaluations at every multiple of eval_interval in (iteration, max_iters], and always at max_iters.
+    evals_left = max_iters // eval_interval - iteration // eval_interval + (max_iters % eval_interval != 0)
+    return float(np.median(steady)) * steps_left + eval_seconds * evals_left
+
+
+def format_eta(seconds: float | None) -> str:
+    return "eta --" if seconds is None else f"eta {format_duration(seconds)}"
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[dict]:
+    """Within the block, a first Ctrl-C (SIGINT) sets state["requested"] instead of raising, so the training loop
+    stops between two steps with a consistent model and optimizer to save; a second one raises KeyboardInterrupt
+    at once (a checkpoint being saved then stays the previous one: saves are atomic). Signals reach only the main
+    thread, so elsewhere this changes nothing."""
+    state = {"requested": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state["requested"]:
+            raise KeyboardInterrupt
+        state["requested"] = True
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train(model: TransformerLM, data: object, *, tokenizer=None, out_dir: str | os.PathLike | None = None,
+          resume: bool = False, **settings: object) -> list[dict]:
+    """Train `model` in place with AdamW; return the rows it logged (those it appends to OUT_DIR/metrics.jsonl).
+
+    data: a token array (N,) of ints (the last 10% is the validation split), a text file's path (str or Path:
+        encoded with `tokenizer`, else model.tokenizer, else characters or a BPE trained on it), or a
+        data.SortingTask. Windows are the model's max_seq_len long.
+    tokenizer: a CharTokenizer or ByteBPETokenizer, or the setting "char" / "bpe" (train.py's --tokenizer).
+    settings: train.py's flags as keywords (max_iters=200, lr=1e-3, preset="sort", ...; see python train.py
+        --help), over the preset's values (default "small", "sort" for the sorting task) and checked as train.py
+        checks its flags. The model's shape comes from the model.
+    out_dir: where the checkpoint (OUT_DIR/checkpoint, with the tokenizer) and metrics.jsonl go; None writes
+        nothing. The run holds OUT_DIR/train.lock while it trains, so a second run there is refused.
+    resume: continue the run saved in out_dir exactly (weights, optimizer, generators, iteration, settings;
+        `settings` may change the rest, as train.py's flags do).
+    Rows: {"kind": "settings", ...} first, {"kind": "train", "iter", "loss", "lr"} per step and
+    {"kind": "eval", "iter", "train_loss", "val_loss", "lr", "ms_per_iter", ["spans"]} per evaluation, the last
+    with "val_bits_per_byte" when the data has a tokenizer. Errors: TrainingError (a ValueError),
+    CheckpointError; Ctrl-C saves the run and raises TrainingInterrupted (a KeyboardInterrupt).
+    """
+    if not isinstance(model, TransformerLM):
+        raise TypeError(f"model must be a TransformerLM, got {type(model).__name__}")
+    if resume and out_dir is None:
+        raise TrainingError("resume=True needs out_dir, the directory of the run to continue")
+    if isinstance(tokenizer, str):  # the setting, not a tokenizer
+        tokenizer, settings["tokenizer"] = None, tokenizer
     with contextlib.ExitStack() as held:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            held.enter_context(exclusive_lock(out_dir / "train.lock"))
-        except LockHeld as error:
-            raise SystemExit(f"error: --out-dir {out_dir} is in use by another training run ({error.holder}); "
-                             "wait for it to finish or choose another --out-dir") from None
-        except OSError as error:
-            raise SystemExit(f"error: cannot use --out-dir {out_dir}: {error}") from None
-        return run_training(settings, out_dir, resume)
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive_lock(out_dir / "train.lock"))
+            except LockHeld as error:
+                raise TrainingError(f"--out-dir {out_dir} is in use by another training run ({error.holder}); "
+                                    "wait for it to finish or choose another --out-dir") from None
+            except OSError as error:
+                raise TrainingError(f"cannot use --out-dir {out_dir}: {error}") from None
+        saved = read_checkpoint(out_dir / "checkpoint", training=True) if resume else None  # all checked first
+        if isinstance(data, SortingTask):
+            data = Task(data)
+        sorting = isinstance(data, Task) and data.sorting is not None
+        path = data.path if isinstance(data, Task) else str(data) if isinstance(data, (str, os.PathLike)) else None
+        settings = merge_settings({**settings, "data": path}, saved.state["settings"] if saved else None,
+                                  model.config, sorting)
+        if tokenizer is None:
+            tokenizer = model.tokenizer if model.tokenizer is not None else saved.tokenizer if saved else None
+        if not isinstance(data, Task):
+            data = (Task.from_text(data, tokenizer, settings, model.config.max_seq_len) if path
+                    else token_task(data, tokenizer, model.config.max_seq_len))
+        if data.vocab_size > model.config.vocab_size or data.block_size > model.config.max_seq_len:
+            raise TrainingError(f"the data needs a vocabulary of {data.vocab_size} and windows of {data.block_size}"
+                                f" tokens; the model has vocab_size {model.config.vocab_size} and max_seq_len "
+                                f"{model.config.max_seq_len}")
+        if saved and saved.config != model.config:
+            raise TrainingError(f"the model's config differs from the checkpoint's ({saved.config})")
+        if model.tokenizer is None:
+            model.tokenizer = data.tokenizer  # the tokens it learned: model.save keeps them with it
+        return training_loop(model, data, settings, out_dir, saved)
 
 
-def run_training(settings, out_dir, resume):
-    """train()'s body, run while it holds out_dir's lock."""
-    checkpoint_dir = out_dir / "checkpoint"
-    saved = read_checkpoint(checkpoint_dir, training=True) if resume else None  # all of it checked before use
-    task = Task(settings, saved.tokenizer if resume else None)
-    config = model_config(settings, task)
-    if resume and saved.config != config:
-        raise SystemExit(f"error: the model settings differ from the checkpoint's ({saved.config})")
-    model = TransformerLM(config, seed=settings["seed"])
+def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Path | None, saved) -> list[dict]:
+    """train()'s loop, once everything is checked (and out_dir locked); saved: the resumed Checkpoint or None."""
     optimizer = AdamW(model.parameters(), lr=settings["lr"], betas=(settings["beta1"], settings["beta2"]),
                       weight_decay=settings["weight_decay"])
     rng = np.random.default_rng(settings["seed"])  # training batches
     start, best_val_loss = 0, math.inf
-    if resume:
+    if saved:
         saved.restore(model, optimizer)
         rng.bit_generator.state = saved.state["data_rng"]
         start, best_val_loss = saved.state["iteration"], saved.state["best_val_loss"]
         if start > settings["max_iters"]:
-            raise SystemExit(f"error: the run in {out_dir} is at iteration {start}, past --max-iters "
-                             f"{settings['max_iters']}; pass a larger --max-iters to continue it")
+            raise TrainingError(f"the run in {out_dir} is at iteration {start}, past --max-iters "
+                                f"{settings['max_iters']}; pass a larger --max-iters to continue it")
         print(f"resuming from iteration {start} (best val loss {best_val_loss:.4f})")
-    print(f"model: {model.num_parameters():,} parameters, {config}")
+    print(f"model: {model.num_parameters():,} parameters, {model.config}")
+    print(describe_schedule(settings))
+    checkpoint_dir = out_dir / "checkpoint" if out_dir is not None else None
+    tokens_per_iter = settings["batch_size"] * settings["grad_accum_steps"] * task.block_size
+    history = []
+
+    def log(row):
+        history.append(row)
+        if out_dir is None:
+            return
+        try:
+            with open(out_dir / "metrics.jsonl", "a") as metrics:
+                metrics.write(json.dumps(row) + "\n")
+        except OSError as error:
+            raise TrainingError(f"cannot write {out_dir / 'metrics.jsonl'}: {error}") from None
 
     def save(iteration):
-        state = dict(iteration=iteration, best_val_loss=best_val_loss, data_rng=rng.bit_generator.state,
-                     settings=settings)
-        save_checkpoint(checkpoint_dir, model, optimizer, task.tokenizer, state)
+        if checkpoint_dir is not None:
+            state = dict(iteration=iteration, best_val_loss=best_val_loss, data_rng=rng.bit_generator.state,
+                         settings=settings)
+            save_checkpoint(checkpoint_dir, model, optimizer, task.tokenizer, state)
 
-    tokens_per_iter = settings["batch_size"] * settings["grad_accum_steps"] * task.block_size
+    log(dict(kind="settings", iter=start, resumed=saved is not None, preset=settings["preset"],
+             tokenizer=None if task.sorting else settings["tokenizer"],
+             data=Path(task.path).name if task.path else None, config=dataclasses.asdict(model.config),
+             parameters=model.num_parameters(), tokens_per_iter=tokens_per_iter, max_iters=settings["max_iters"],
+             lr=settings["lr"]))
     model.train()
-    run_start, iteration_times = time.perf_counter(), []
-    for iteration in range(start, settings["max_iters"] + 1):
-        lr = learning_rate(settings, iteration)
-        is_last = iteration == settings["max_iters"]
-        if iteration % settings["eval_interval"] == 0 or is_last:
-            losses = estimate_loss(model, task, settings, iteration)
-            print(f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            ms_per_iter = 1000 * float(np.median(iteration_times)) if iteration_times else None
-            row = dict(iter=iteration, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
-                       ms_per_iter=ms_per_iter)
-            spans = span_summary(model)
-            if spans:
-                row["spans"] = spans
-                for layer, layer_spans in enumerate(spans):
-                    print(f"  layer {layer} spans: " + " ".join(f"{span:.1f}" for span in layer_spans))
-            try:
-                with open(out_dir / "metrics.jsonl", "a") as metrics:
-                    metrics.write(json.dumps(row) + "\n")
-            except OSError as error:
-                raise SystemExit(f"error: cannot write {out_dir / 'metrics.jsonl'}: {error}") from None
-            if losses["val"] < best_val_loss or is_last:
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iteration > start or is_last:
-                    save(iteration)
-        if is_last:
-            break
+    run_start, step_seconds, eval_seconds = time.perf_counter(), [], 0.0
+    with deferred_interrupt() as interrupt:
+        for iteration in range(start, settings["max_iters"] + 1):
+            if interrupt["requested"]:
+                save(iteration)
+                raise TrainingInterrupted(iteration, checkpoint_dir, history)
+            lr = learning_rate(settings, iteration)
+            is_last = iteration == settings["max_iters"]
+            if iteration % settings["eval_interval"] == 0 or is_last:
+                eval_started = time.perf_counter()
+                row = evaluate_row(model, task, settings, iteration, lr, step_seconds, final=is_last)
+                eval_seconds = time.perf_counter() - eval_started
+                log(row)
+                if row["val_loss"] < best_val_loss or is_last:
+                    best_val_loss = min(best_val_loss, row["val_loss"])
+                    if iteration > start or is_last:
+                        save(iteration)
+            if is_last:
+                break
 
-        started = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught just below
-            loss, grads = accumulate_step(model, task, settings, rng)
-        if not math.isfinite(loss):
-            raise SystemExit(f"error: loss became {loss} at iteration {iteration}; stopping. The last good "
-                             f"checkpoint in {checkpoint_dir} is intact.")
-        if settings["grad_clip"] > 0:
-            clip_grad_norm(grads, settings["grad_clip"])
-        optimizer.step(grads, lr=lr)
-        clamp_spans(model)  # adaptive spans stay within [0, max_span] (a no-op without them)
-        iteration_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught just below
+                loss, grads = accumulate_step(model, task, settings, rng)
+            if not math.isfinite(loss):
+                kept = f"The last good checkpoint in {checkpoint_dir} is intact." if checkpoint_dir else ""
+                raise TrainingError(f"loss became {loss} at iteration {iteration}; stopping. {kept}".strip())
+            if settings["grad_clip"] > 0:
+                clip_grad_norm(grads, settings["grad_clip"])
+            optimizer.step(grads, lr=lr)
+            model.after_step()  # e.g. adaptive spans clamped back into [0, max_span]
+            step_seconds.append(time.perf_counter() - started)
+            log(dict(kind="train", iter=iteration, loss=loss, lr=lr))
 
-        done = iteration + 1 - start
-        if iteration % settings["log_interval"] == 0:
-            seconds = iteration_times[-1]
-            eta = (time.perf_counter() - run_start) / done * (settings["max_iters"] - iteration - 1)
-            print(f"iter {iteration}: loss {loss:.4f}, lr {lr:.2e}, time {1000 * seconds:.1f} ms, "
-                  f"tokens/s {tokens_per_iter / seconds:,.0f}  "
-                  f"[{100 * (iteration + 1) / settings['max_iters']:3.0f}%, eta {format_duration(eta)}]")
+            if iteration % settings["log_interval"] == 0:
+                seconds = step_seconds[-1]
+                eta = estimate_remaining(step_seconds, eval_seconds, iteration, settings["max_iters"],
+                                         settings["eval_interval"])
+                print(f"iter {iteration}: loss {loss:.4f}, lr {lr:.2e}, time {1000 * seconds:.1f} ms, "
+                      f"tokens/s {tokens_per_iter / seconds:,.0f}  "
+                      f"[{100 * (iteration + 1) / settings['max_iters']:3.0f}%, {format_eta(eta)}]", flush=True)
+    where = f"; checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
     print(f"done: {settings['max_iters'] - start} iterations in {format_duration(time.perf_counter() - run_start)}"
-          f", median {1000 * float(np.median(iteration_times or [0])):.1f} ms/iter; checkpoint in {checkpoint_dir}")
-    return model, task
+          f", median {1000 * float(np.median(step_seconds or [0])):.1f} ms/iter{where}")
+    return history
 
 
-def accumulate_step(model, task, settings, rng):
+def evaluate_row(model: TransformerLM, task: Task, settings: dict, iteration: int, lr: float,
+                 step_seconds: list[float], final: bool) -> dict:
+    """The metrics row of an evaluation (printed too); the final one adds the validation split's bits per byte."""
+    losses = estimate_loss(model, task, settings, iteration)
+    line = f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    row = dict(kind="eval", iter=iteration, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
+               ms_per_iter=1000 * float(np.median(step_seconds)) if step_seconds else None)
+    if final and task.tokenizer is not None and task.block_size >= 2:
+        # Every token of the split scored once, in windows of the training context (evaluation.evaluate).
+        result = evaluation.evaluate(model, task.dataset.split("val"), task.tokenizer, context=task.block_size)
+        row["val_bits_per_byte"] = result.bits_per_byte
+        line += f", val bits per byte {result.bits_per_byte:.4f} (perplexity {result.perplexity:.2f})"
+    print(line, flush=True)
+    spans = span_summary(model)
+    if spans:
+        row["spans"] = spans
+        config = model.config
+        for layer, (layer_spans, attended) in enumerate(zip(spans, effective_spans(model))):
+            print(f"  layer {layer} spans: " + " ".join(f"{keys:.1f}" for keys in attended) + " keys attended (learned "
+                  + " ".join(f"{span:.1f}" for span in layer_spans)
+                  + f" + the {config.span_ramp}-token ramp, at most {config.max_span})")
+    return row
+
+
+def accumulate_step(model: TransformerLM, task: Task, settings: dict,
+                    rng: np.random.Generator) -> tuple[float, dict[str, np.ndarray]]:
     """Mean loss and gradients over grad_accum_steps micro-batches (copied: backward reuses its buffers)."""
     steps = settings["grad_accum_steps"]
     total_loss, total_grads = 0.0, None
@@ -403,8 +695,8 @@ def accumulate_step(model, task, settings, rng):
     return total_loss, total_grads
 
 
-def report(model, task, settings):
-    """What the model learned: held-out accuracy for the sorting task, a text sample otherwise."""
+def report(model: TransformerLM, task: Task, settings: dict) -> float | None:
+    """What the model learned: held-out accuracy for the sorting task (returned), a text sample otherwise."""
     model.eval()
     if task.sorting:
         def predict(problems):
@@ -421,77 +713,17 @@ def report(model, task, settings):
     return None
 
 
-def read_metrics(path):
-    """The rows of a metrics.jsonl, each a dict with numbers under "iter", "train_loss" and "val_loss".
-
-    A bad row is an error naming its line, except an unfinished last line (no newline after it: a run
-    killed while writing it), which is skipped with a warning on stderr so the rest can still be drawn.
-    """
-    try:
-        lines = path.read_bytes().split(b"\n")  # after the last newline: b"" or the unfinished row
-    except OSError as error:
-        raise SystemExit(f"error: cannot read {path}: {error}") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-            problem = metrics_row_problem(row)
-        except UnicodeDecodeError:
-            problem = "is not UTF-8 text"
-        except (ValueError, RecursionError) as error:
-            problem = f"is not valid JSON ({error})"
-        if problem and number == len(lines):
-            print(f"warning: {path}: skipped the unfinished last line {number}, which {problem}", file=sys.stderr)
-        elif problem:
-            raise SystemExit(f"error: {path}: line {number} {problem}")
-        else:
-            rows.append(row)
-    if not rows:
-        raise SystemExit(f"error: {path} has no rows to plot")
-    return rows
-
-
-def metrics_row_problem(row):
-    """What is wrong with one parsed metrics row, or None."""
-    if not isinstance(row, dict):
-        return f"is a JSON {type(row).__name__}, expected an object with iter, train_loss and val_loss"
-    for key in ("iter", "train_loss", "val_loss"):
-        if key not in row:
-            return f"has no {key!r}"
-        if isinstance(row[key], bool) or not isinstance(row[key], (int, float)):
-            return f"has {key} = {row[key]!r}, expected a number"
-    return None
-
-
 def plot(directory):
-    """Draw the train and val loss curves of DIR/metrics.jsonl into DIR/loss.png."""
+    """Draw DIR/metrics.jsonl into DIR/loss.png: the training loss, the evaluations, the learning rate and any
+    resumes, titled with the run's settings (visualize.loss_figure)."""
+    import visualize  # here, not at the top: only --plot draws
     directory = Path(directory)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("error: --plot needs matplotlib, an optional dependency: pip install matplotlib") from None
-    rows = read_metrics(directory / "metrics.jsonl")
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for key in ("train_loss", "val_loss"):
-        axes.plot([row["iter"] for row in rows], [row[key] for row in rows], marker="o", label=key.replace("_", " "))
-    axes.set(xlabel="iteration", ylabel="cross-entropy loss", title=f"training run {directory.name}")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    try:
-        figure.savefig(directory / "loss.png", dpi=100)
-    except OSError as error:
-        raise SystemExit(f"error: cannot write {directory / 'loss.png'}: {error}") from None
-    finally:
-        plt.close(figure)
+    rows = visualize.read_metrics(directory / "metrics.jsonl")
+    visualize.save(visualize.loss_figure(rows, fallback_title=f"training run {directory.name}"), directory / "loss.png")
     print(f"wrote {directory / 'loss.png'}")
 
 
-def check_out_dir(out_dir):
+def check_out_dir(out_dir: str | os.PathLike) -> None:
     """Refuse an --out-dir that is, or lies under, something other than a directory, before any work."""
     for path in (Path(out_dir), *Path(out_dir).parents):
         if os.path.lexists(path):
@@ -500,7 +732,7 @@ def check_out_dir(out_dir):
             return
 
 
-def saved_settings(out_dir):
+def saved_settings(out_dir: str | os.PathLike) -> dict:
     """The settings dict that the run in OUT_DIR/checkpoint saved in its state.json (of the copy every reader
     reads, see checkpoint.resolve_directory)."""
     try:
@@ -509,19 +741,41 @@ def saved_settings(out_dir):
         raise SystemExit(f"error: --resume found no readable run in {out_dir}/checkpoint ({error})") from None
 
 
-def main(argv=None):
+def run(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -> tuple[TransformerLM, Task]:
+    """What train.py does with its resolved settings: read the data, build the model, train() it. Errors exit
+    with one `error: ...` line; Ctrl-C (TrainingInterrupted) is left to the caller."""
+    try:
+        tokenizer = read_checkpoint(Path(out_dir) / "checkpoint").tokenizer if resume else None
+        task = (Task(SortingTask()) if settings["data"] is None
+                else Task.from_text(settings["data"], tokenizer, settings, settings["block_size"]))
+        model = TransformerLM(model_config(settings, task), seed=settings["seed"])
+        model.tokenizer = task.tokenizer
+        train(model, task, out_dir=out_dir, resume=resume,
+              **{name: value for name, value in settings.items() if name not in (*MODEL_KEYS, "data")})
+    except (TrainingError, CheckpointError) as error:
+        raise SystemExit(f"error: {error}") from None
+    except MemoryError:
+        raise SystemExit("error: out of memory: the model or the batch is too large for this machine (see "
+                         "--d-model, --n-layers, --block-size, --batch-size)") from None
+    return model, task
+
+
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.plot is not None:
         return plot(args.plot)
     check_out_dir(args.out_dir)
     settings = resolve_settings(args, saved_settings(args.out_dir) if args.resume else None)
     try:
-        model, task = train(settings, args.out_dir, resume=args.resume)
-    except CheckpointError as error:
-        raise SystemExit(f"error: {error}") from None
-    except MemoryError:
-        raise SystemExit("error: out of memory: the model or the batch is too large for this machine (see "
-                         "--d-model, --n-layers, --block-size, --batch-size)") from None
+        model, task = run(settings, args.out_dir, resume=args.resume)
+    except TrainingInterrupted as interrupted:
+        where = (f"saved the run at iteration {interrupted.iteration} in {interrupted.checkpoint}; continue it with: "
+                 f"python train.py --out-dir {args.out_dir} --resume")
+        print(f"interrupted: {where}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C while the first one's save was being written
+        print("interrupted: stopped without saving; the last complete checkpoint, if any, is kept", file=sys.stderr)
+        raise SystemExit(130) from None
     report(model, task, settings)
 
 

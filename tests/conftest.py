@@ -15,6 +15,19 @@ sys.path.insert(0, str(ROOT))  # flat modules live at the repository root
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cache_home_of_the_session(tmp_path_factory):
+    """Point $XDG_CACHE_HOME at a temporary directory for the whole session, so that the token caches a test makes
+    without naming a cache directory (a training run on a text file) never land in the user's ~/.cache."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+    yield
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def require_oracle(module_name):
     """Import an oracle library (torch, tiktoken, ...) or skip the test.
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from checkpoint import CheckpointError, load_model, load_tokenizer, load_training_state, save_checkpoint, seal
+from checkpoint import CheckpointError, load_tokenizer, load_training_state, save_checkpoint, seal
 from optim import AdamW
 from tokenizer import ByteBPETokenizer, CharTokenizer
 from transformer_lm import TransformerConfig, TransformerLM
@@ -19,7 +19,7 @@ def test_save_then_load_gives_identical_logits(tmp_path, overrides):
     model = make_model(**overrides)
     ids = np.random.default_rng(0).integers(0, 17, (2, 9))
     save_checkpoint(tmp_path / "ckpt", model, tokenizer=CharTokenizer.from_text("abcdefghijklmnopq"))
-    loaded = load_model(tmp_path / "ckpt")
+    loaded = TransformerLM.load(tmp_path / "ckpt")
     assert loaded.config == model.config
     np.testing.assert_array_equal(loaded.eval()(ids), model.eval()(ids))
     assert load_tokenizer(tmp_path / "ckpt").decode([0, 16]) == "aq"
@@ -55,7 +55,7 @@ def test_saving_replaces_a_previous_checkpoint_and_leaves_no_staging_behind(tmp_
     save_checkpoint(tmp_path / "ckpt", make_model(seed=1))
     save_checkpoint(tmp_path / "ckpt", make_model(seed=2))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ckpt"]
-    np.testing.assert_array_equal(load_model(tmp_path / "ckpt").parameters()["decoder.token_embedding.weight"],
+    np.testing.assert_array_equal(TransformerLM.load(tmp_path / "ckpt").parameters()["decoder.token_embedding.weight"],
                                   make_model(seed=2).parameters()["decoder.token_embedding.weight"])
 
 
@@ -65,14 +65,14 @@ def test_a_crash_between_the_two_renames_still_leaves_the_previous_checkpoint(tm
     (tmp_path / "ckpt").rename(tmp_path / "ckpt.previous")
     (tmp_path / "ckpt.incoming").mkdir()
     (tmp_path / "ckpt.incoming" / "model.npz").write_bytes(b"PK\x03\x04 half")
-    loaded = load_model(tmp_path / "ckpt")
+    loaded = TransformerLM.load(tmp_path / "ckpt")
     np.testing.assert_array_equal(loaded.parameters()["decoder.token_embedding.weight"],
                                   make_model(seed=3).parameters()["decoder.token_embedding.weight"])
 
 
 def test_a_training_out_dir_resolves_to_its_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "run" / "checkpoint", make_model())
-    assert load_model(tmp_path / "run").config == make_model().config
+    assert TransformerLM.load(tmp_path / "run").config == make_model().config
 
 
 def corrupt_truncated_weights(directory):
@@ -142,12 +142,12 @@ def test_damaged_checkpoints_raise_clear_errors(tmp_path, damage, message):
         # see test_hostile_checkpoint.py), so the content checks are what must catch it.
         seal(tmp_path / "ckpt", 2)
     with pytest.raises(CheckpointError, match=message):
-        load_model(tmp_path / "ckpt")
+        TransformerLM.load(tmp_path / "ckpt")
 
 
 def test_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint in"):
-        load_model(tmp_path / "nowhere")
+        TransformerLM.load(tmp_path / "nowhere")
 
 
 def test_mismatched_optimizer_state_names_the_tensor(tmp_path):

@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import threading
+import urllib.error
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_tokens_and_split_boundary(corpus, tmp_path):
     np.testing.assert_array_equal(dataset.train_tokens, ids[:900])  # the last 10% is validation
     np.testing.assert_array_equal(dataset.val_tokens, ids[900:])
     assert dataset.vocab_size == len(set(ALPHABET))
-    assert dataset.token_path == tmp_path / "corpus.txt.tokens.uint16"
+    assert dataset.token_path.parent == tmp_path / "cache" and dataset.token_path.name.startswith("corpus.txt-")
     assert dataset.token_path.stat().st_size == 2 * 1000  # two bytes per token
 
 
@@ -126,12 +127,16 @@ def test_cache_is_reused(corpus, tmp_path):
 
 def test_cache_is_rebuilt_when_the_text_changes_size(corpus, tmp_path):
     path, _ = corpus
-    prepare_text_dataset(path, cache_dir=tmp_path / "cache")
+    old = prepare_text_dataset(path, cache_dir=tmp_path / "cache")
     new_text = random_text(np.random.default_rng(1), 600, alphabet="xyz\n")
     write_text(path, new_text)
     dataset = prepare_text_dataset(path, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(dataset.tokens, char_ids(new_text, new_text))
     assert dataset.tokenizer.chars == ["\n", "x", "y", "z"]
+    # The old text's cache (another vocabulary, so another file) is removed, not left to pile up.
+    assert dataset.token_path != old.token_path
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted([dataset.token_path.name,
+                                                             dataset.token_path.with_suffix(".json").name])
 
 
 def test_cache_is_rebuilt_when_the_text_changes_at_the_same_size(corpus, tmp_path):
@@ -153,9 +158,49 @@ def test_cache_is_rebuilt_for_a_different_tokenizer(corpus, tmp_path):
     dataset = prepare_text_dataset(path, tokenizer=wider, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(dataset.tokens, char_ids(text, text + "XYZ"))
     assert dataset.tokenizer is wider
+    # Without a tokenizer argument, the text's own vocabulary again, not the wider one just used.
+    again = prepare_text_dataset(path, cache_dir=tmp_path / "cache")
+    assert again.tokenizer.chars == sorted(set(text))
+    np.testing.assert_array_equal(again.tokens, char_ids(text, text))
 
 
-def test_read_only_directory_falls_back_to_the_cache_dir(tmp_path):
+def test_char_and_bpe_caches_of_one_text_coexist_and_nothing_is_written_beside_it(tmp_path):
+    from tokenizer import ByteBPETokenizer
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = write_text(folder / "input.txt", text)
+    before = sorted(os.listdir(folder))
+    cache_dir = tmp_path / "cache"
+    bpe = ByteBPETokenizer.train(text, 280)
+    char_first = prepare_text_dataset(path, cache_dir=cache_dir)
+    bpe_first = prepare_text_dataset(path, tokenizer=bpe, cache_dir=cache_dir)
+    char_again = prepare_text_dataset(path, cache_dir=cache_dir)
+    bpe_again = prepare_text_dataset(path, tokenizer=ByteBPETokenizer.from_dict(bpe.to_dict()), cache_dir=cache_dir)
+    assert sorted(os.listdir(folder)) == before == ["input.txt"]
+    assert char_first.token_path != bpe_first.token_path
+    assert len(os.listdir(cache_dir)) == 4  # two token files, two sidecars
+    for first, again in ((char_first, char_again), (bpe_first, bpe_again)):
+        assert again.token_path == first.token_path
+        assert again.token_path.stat().st_ino == first.token_path.stat().st_ino  # reused, not rewritten
+    np.testing.assert_array_equal(char_again.tokens, char_ids(text, text))
+    np.testing.assert_array_equal(bpe_again.tokens, bpe.encode(text))
+    assert char_again.vocab_size == len(set(text)) and bpe_again.vocab_size == 280
+
+
+def test_same_named_texts_in_different_folders_have_their_own_caches(tmp_path):
+    for folder, text in (("a", "abab\n" * 20), ("b", "xyz\n" * 20)):
+        (tmp_path / folder).mkdir()
+        write_text(tmp_path / folder / "input.txt", text)
+    first = prepare_text_dataset(tmp_path / "a" / "input.txt", cache_dir=tmp_path / "cache")
+    second = prepare_text_dataset(tmp_path / "b" / "input.txt", cache_dir=tmp_path / "cache")
+    again = prepare_text_dataset(tmp_path / "a" / "input.txt", cache_dir=tmp_path / "cache")
+    assert first.token_path != second.token_path and again.token_path == first.token_path
+    assert first.tokenizer.chars == ["\n", "a", "b"] and second.tokenizer.chars == ["\n", "x", "y", "z"]
+    assert again.tokenizer.decode(again.tokens[:5].tolist()) == "abab\n"
+
+
+def test_text_in_a_read_only_directory(tmp_path):
     text = random_text(np.random.default_rng(3), 500)
     read_only = tmp_path / "read_only"
     read_only.mkdir()
@@ -171,7 +216,7 @@ def test_read_only_directory_falls_back_to_the_cache_dir(tmp_path):
     assert first.token_path.parent == cache_dir
     assert first.token_path.name.startswith("corpus.txt") and first.token_path.name.endswith(".tokens.uint16")
     assert second.token_path == first.token_path
-    assert second.token_path.stat().st_ino == first.token_path.stat().st_ino  # the fallback cache is reused
+    assert second.token_path.stat().st_ino == first.token_path.stat().st_ino  # the cache is reused
     np.testing.assert_array_equal(second.tokens, char_ids(text, text))
 
 
@@ -220,7 +265,7 @@ def test_unknown_character_for_a_given_tokenizer(corpus, tmp_path):
     path, _ = corpus
     with pytest.raises(ValueError, match="not in the vocabulary"):
         prepare_text_dataset(path, tokenizer=CharTokenizer.from_text("abc"), cache_dir=tmp_path)
-    assert not (tmp_path / "corpus.txt.tokens.uint16").exists()
+    assert os.listdir(tmp_path) == ["corpus.txt"]  # no token file, no temporary file left
 
 
 @pytest.mark.parametrize("val_fraction", [0.0, 1.0, -0.1, 1.5])
@@ -473,8 +518,22 @@ def test_size_mismatch(server, tmp_path):
 def test_connection_refused(tmp_path, refused_url):
     with pytest.raises(DownloadError, match="could not connect") as error:
         download(tmp_path, refused_url)
+    # Offline, the message says what to do: the URL, where to put the file, and train.py --data.
     assert refused_url in str(error.value)
+    assert f"save it as {tmp_path / data.SHAKESPEARE_FILENAME}" in str(error.value)
+    assert "train.py --data PATH" in str(error.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
+    def offline(url, timeout):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    assert data.main(["shakespeare", "--cache-dir", str(tmp_path)]) == 1
+    message = capsys.readouterr().err
+    assert len(message.strip().splitlines()) == 1 and message.startswith("error: ")
+    for part in ("could not connect", data.SHAKESPEARE_URL, str(tmp_path / data.SHAKESPEARE_FILENAME), "--data PATH"):
+        assert part in message
 
 
 def test_failed_download_keeps_the_previous_file(server, tmp_path):
@@ -502,9 +561,9 @@ def test_a_bpe_tokenized_cache_is_not_reused_for_characters(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(text)
     bpe = ByteBPETokenizer.train(text, 280)
-    bpe_dataset = prepare_text_dataset(path, tokenizer=bpe)
+    bpe_dataset = prepare_text_dataset(path, tokenizer=bpe, cache_dir=tmp_path / "cache")
     assert bpe_dataset.vocab_size == 280
     assert len(bpe_dataset.tokens) == len(bpe.encode(text))
-    char_dataset = prepare_text_dataset(path)
+    char_dataset = prepare_text_dataset(path, cache_dir=tmp_path / "cache")
     assert char_dataset.vocab_size == len(set(text))
     assert len(char_dataset.tokens) == len(text)

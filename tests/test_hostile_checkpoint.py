@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import checkpoint
 import train
-from checkpoint import CheckpointError, load_model, read_checkpoint, resolve_directory, save_checkpoint, seal
+from checkpoint import CheckpointError, read_checkpoint, resolve_directory, save_checkpoint, seal
 from optim import AdamW
 from tokenizer import CharTokenizer
 from transformer_lm import TransformerConfig, TransformerLM
@@ -71,7 +71,7 @@ def inject_crash(monkeypatch, at_call, before_each_call=lambda: None):
 
 
 def embedding_of(directory):
-    return load_model(directory).parameters()[EMBEDDING]
+    return TransformerLM.load(directory).parameters()[EMBEDDING]
 
 
 @pytest.mark.parametrize("order", ["forward", "backward"])
@@ -135,12 +135,12 @@ def final_weights(out_dir):
 
 
 def test_training_resumes_exactly_after_a_crash_at_any_call_of_its_save(tmp_path, monkeypatch, capsys):
-    train.train(tiny_settings(1), tmp_path / "base")
+    train.run(tiny_settings(1), tmp_path / "base")
     reference = tmp_path / "reference"
     shutil.copytree(tmp_path / "base", reference)
     with monkeypatch.context() as patch:
         calls = inject_crash(patch, at_call=0)
-        train.train(tiny_settings(2), reference, resume=True)  # saves once more, at iteration 2
+        train.run(tiny_settings(2), reference, resume=True)  # saves once more, at iteration 2
     expected = final_weights(reference)
     for at_call in range(1, calls[0] + 1):
         out_dir = tmp_path / f"crash-{at_call}"
@@ -148,8 +148,8 @@ def test_training_resumes_exactly_after_a_crash_at_any_call_of_its_save(tmp_path
         with monkeypatch.context() as patch:
             inject_crash(patch, at_call)
             with pytest.raises(Crash):
-                train.train(tiny_settings(2), out_dir, resume=True)
-        train.train(tiny_settings(2), out_dir, resume=True)
+                train.run(tiny_settings(2), out_dir, resume=True)
+        train.run(tiny_settings(2), out_dir, resume=True)
         assert read_checkpoint(out_dir / "checkpoint", training=True).state["iteration"] == 2
         for name, value in expected.items():
             np.testing.assert_array_equal(final_weights(out_dir)[name], value, err_msg=f"crash at call {at_call}")
@@ -183,7 +183,7 @@ def test_a_second_run_on_a_held_out_dir_is_refused_and_a_dead_holders_lock_is_ta
         holder.wait()
     # The holder died without unlocking; its lock file (naming it) is still there, and is simply taken over.
     assert f"pid {holder.pid}" in (out_dir / "train.lock").read_text()
-    train.train(tiny_settings(1), out_dir)
+    train.run(tiny_settings(1), out_dir)
     assert (out_dir / "metrics.jsonl").exists()
 
 
@@ -204,7 +204,7 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_keeps_the_previous_check
 def test_an_out_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "taken").write_text("not a directory")
     with pytest.raises(SystemExit, match="error: .*taken"):
-        train.train(tiny_settings(1), tmp_path / "taken")
+        train.run(tiny_settings(1), tmp_path / "taken")
     assert (tmp_path / "taken").read_text() == "not a directory"
 
 
@@ -215,7 +215,7 @@ def test_a_config_with_numpy_scalars_saves_and_values_json_cannot_hold_write_not
     assert [type(value) for value in (config.vocab_size, config.d_model, config.dropout, config.norm_first)] == [
         int, int, float, bool]
     save_checkpoint(tmp_path / "ok", TransformerLM(config))
-    assert load_model(tmp_path / "ok").config == config
+    assert TransformerLM.load(tmp_path / "ok").config == config
     with pytest.raises(CheckpointError, match="int64 is not JSON serializable"):
         save_checkpoint(tmp_path / "bad", TransformerLM(config), state={"iteration": np.int64(3)})
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.incoming").exists()
@@ -244,7 +244,7 @@ def refuses_without_allocating(directory, message, limit=8 << 20):
     tracemalloc.start()
     try:
         with pytest.raises(CheckpointError, match=message):
-            load_model(directory)
+            TransformerLM.load(directory)
         assert tracemalloc.get_traced_memory()[1] < limit
     finally:
         tracemalloc.stop()
@@ -305,7 +305,7 @@ def test_a_huge_max_seq_len_with_sinusoidal_positions_allocates_no_table(tmp_pat
     fields = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**fields, "max_seq_len": 10**12}))
     seal(directory, 2)
-    assert load_model(directory).config.max_seq_len == 10**12  # valid: sinusoidal positions have no limit
+    assert TransformerLM.load(directory).config.max_seq_len == 10**12  # valid: sinusoidal positions have no limit
 
 
 # ------------------------------------------------------------------------------ damaged and edited checkpoints
@@ -429,7 +429,7 @@ def test_an_npy_file_renamed_npz_is_refused(tmp_path):
 
 def test_a_resume_from_a_damaged_checkpoint_exits_with_one_line(tmp_path):
     out_dir = tmp_path / "run"
-    train.train(tiny_settings(1), out_dir)
+    train.run(tiny_settings(1), out_dir)
     state = json.loads((out_dir / "checkpoint" / "state.json").read_text())
     state["data_rng"] = [1, 2, 3]  # a list for a dict
     (out_dir / "checkpoint" / "state.json").write_text(json.dumps(state))

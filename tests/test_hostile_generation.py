@@ -387,7 +387,7 @@ def test_cli_argument_errors_are_one_line(learned_checkpoint, flags, message):
 def test_cli_non_finite_model_is_one_line(learned_checkpoint, monkeypatch, capsys):
     _, model, tokenizer = learned_checkpoint
     model.parameters()["decoder.token_embedding.weight"][:] = np.nan
-    monkeypatch.setattr(generate, "load", lambda args: (model, tokenizer))
+    monkeypatch.setattr(generate, "load_model_and_tokenizer", lambda *args, **kwargs: (model, tokenizer))
     with pytest.raises(SystemExit) as raised:
         generate.main(["--checkpoint", "unused", "--prompt", "hi"])
     assert str(raised.value).startswith("error: the logits at generation step 0")

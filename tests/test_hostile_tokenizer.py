@@ -379,7 +379,7 @@ def test_char_tokenizer_dicts_and_files_that_are_broken(tmp_path, name):
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match=message) as error:
-        CharTokenizer.load(path)
+        CharTokenizer.load(tmp_path)  # the directory holding tokenizer.json
     assert str(error.value).startswith(f"{path}: not a character tokenizer")
 
 
@@ -390,7 +390,7 @@ def test_char_tokenizer_files_that_are_not_json(tmp_path, content, message):
     path = tmp_path / "tokenizer.json"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=re.escape(f"{path}: ") + ".*" + message):
-        CharTokenizer.load(path)
+        CharTokenizer.load(tmp_path)  # the directory holding tokenizer.json
 
 
 def test_char_tokenizer_refuses_chars_that_are_not_iterable():

@@ -13,7 +13,6 @@ from sparse_attention import (
     SlidingWindow,
     Strided,
     adaptive_spans,
-    clamp_spans,
     dense_mask,
     span_summary,
 )
@@ -221,12 +220,12 @@ def test_span_penalty_is_added_in_training_only():
     assert model.train().loss(ids, targets) == pytest.approx(model.eval().loss(ids, targets) + expected, rel=1e-12)
 
 
-def test_clamp_spans_and_span_summary():
+def test_after_step_clamps_the_spans_and_span_summary():
     model = small_model("adaptive span")
     names = [name for name in model.parameters() if name.endswith("span")]
     assert names == ["decoder.blocks.0.attention.pattern.span", "decoder.blocks.1.attention.pattern.span"]
     model.parameters()[names[0]][...] = [-0.5, 1.25]
-    clamp_spans(model)
+    model.after_step()  # the hook a trainer calls after each optimizer step reaches every layer's span
     assert span_summary(model) == [[0.0, 8.0], [pytest.approx(0.51 * 8), pytest.approx(0.07 * 8)]]
     assert span_summary(small_model("sliding")) == []
 

@@ -1,5 +1,6 @@
 """Tests for tokenizer.py: the character tokenizer, BPE training, and parity with GPT-2 (tiktoken)."""
 import json
+import os
 import random
 import re
 import shutil
@@ -13,7 +14,14 @@ from conftest import require_gpt2_tokenizer, require_oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenizer import ByteBPETokenizer, CharTokenizer, gpt2_byte_to_char, gpt2_split_regex
+from tokenizer import (
+    ByteBPETokenizer,
+    CharTokenizer,
+    gpt2_byte_to_char,
+    gpt2_split_regex,
+    load_tokenizer,
+    start_ids,
+)
 
 # Written out here rather than imported, so the oracle does not share a typo with the code under test.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -63,21 +71,31 @@ def test_char_decode_accepts_numpy_ids():
 
 def test_char_save_load_and_dict_round_trip(tmp_path):
     tokenizer = CharTokenizer.from_text("To be, or not to be: \u00e9\U0001f600\n", unknown_token="\u2047")
-    path = tmp_path / "tokenizer.json"
-    tokenizer.save(path)
-    for restored in (CharTokenizer.load(path), CharTokenizer.from_dict(json.loads(json.dumps(tokenizer.to_dict())))):
+    tokenizer.save(tmp_path / "new")  # the directory is created
+    assert sorted(os.listdir(tmp_path / "new")) == ["tokenizer.json"]  # no temporary file left behind
+    for restored in (CharTokenizer.load(tmp_path / "new"), load_tokenizer(tmp_path / "new"),
+                     CharTokenizer.from_dict(json.loads(json.dumps(tokenizer.to_dict())))):
+        assert isinstance(restored, CharTokenizer)
         assert restored.chars == tokenizer.chars
         assert restored.unknown_token == tokenizer.unknown_token
         assert restored.encode("not \U0001f600 x") == tokenizer.encode("not \U0001f600 x")
 
 
+def test_char_tokenizer_json_of_old_checkpoints_still_loads(tmp_path):
+    # What CharTokenizer.save(file) wrote before save took a directory, as checkpoints hold it.
+    (tmp_path / "tokenizer.json").write_text('{"type": "char", "chars": ["\\n", " ", "a", "b"], '
+                                             '"unknown_token": null}', encoding="utf-8")
+    for restored in (CharTokenizer.load(tmp_path), load_tokenizer(tmp_path)):
+        assert restored.chars == ["\n", " ", "a", "b"] and restored.encode("ba \n") == [3, 2, 1, 0]
+
+
 def test_char_corrupt_files_and_dicts_are_rejected(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.json"):
-        CharTokenizer.load(tmp_path / "missing.json")
-    broken = tmp_path / "broken.json"
-    broken.write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match="broken.json"):
-        CharTokenizer.load(broken)
+    with pytest.raises(FileNotFoundError, match="tokenizer file not found: .*missing"):
+        CharTokenizer.load(tmp_path / "missing")
+    (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    for load in (CharTokenizer.load, load_tokenizer):
+        with pytest.raises(ValueError, match="tokenizer.json: not valid JSON"):
+            load(tmp_path)
     with pytest.raises(ValueError, match="distinct"):
         CharTokenizer.from_dict({"type": "char", "chars": ["a", "a"], "unknown_token": None})
     with pytest.raises(ValueError, match="'type': 'char'"):
@@ -270,6 +288,36 @@ def test_bpe_missing_file_is_named(trained, tmp_path):
     (tmp_path / "merges.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"merges\.txt"):
         ByteBPETokenizer.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"has vocab\.json but no merges\.txt"):
+        load_tokenizer(tmp_path)
+
+
+def test_load_tokenizer_picks_the_class_from_the_files(trained, tmp_path):
+    assert load_tokenizer(tmp_path) is None  # an empty directory holds no tokenizer
+    trained.save(tmp_path / "bpe")
+    CharTokenizer.from_text("abc").save(tmp_path / "char")
+    text = synthetic_text(50, seed=2)
+    loaded_bpe = load_tokenizer(tmp_path / "bpe")
+    assert isinstance(loaded_bpe, ByteBPETokenizer) and loaded_bpe.encode(text) == trained.encode(text)
+    assert sorted(os.listdir(tmp_path / "bpe")) == ["merges.txt", "vocab.json"]  # written whole, nothing left over
+    assert load_tokenizer(tmp_path / "char").to_dict() == {"type": "char", "chars": ["a", "b", "c"],
+                                                           "unknown_token": None}
+    # The tokenizers library's tokenizer.json, as current transformers saves GPT-2's, is a BPE one.
+    tables = trained.to_dict()
+    special = {"content": "<|endoftext|>", "id": tables["vocab"].pop("<|endoftext|>")}
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(
+        {"model": {"type": "BPE", "vocab": tables["vocab"], "merges": tables["merges"]}, "added_tokens": [special]}))
+    loaded_hf = load_tokenizer(tmp_path / "hf")
+    assert isinstance(loaded_hf, ByteBPETokenizer) and loaded_hf.encode(text) == trained.encode(text)
+
+
+def test_start_ids():
+    assert start_ids(CharTokenizer.from_text("ab\n"), "ba") == [2, 1]
+    assert start_ids(CharTokenizer.from_text("ab\n"), "") == [0]  # the newline, first in sorted order
+    assert start_ids(CharTokenizer.from_text("xyz"), "") == [0]  # no newline: the first token
+    bpe = ByteBPETokenizer.train("hello world " * 20, 260)
+    assert start_ids(bpe, "") == [bpe.eot_token] == [259]
 
 
 @settings(max_examples=150, deadline=None)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from conftest import require_oracle
 from gradcheck import RELATIVE_ERROR_BOUND, check_gradients, relative_error
+from test_module import SquaredPenalty
 from torch_reference import reference_gradients
 
 from transformer_lm import IGNORE_INDEX, PRESETS, TransformerConfig, TransformerLM
@@ -77,6 +78,32 @@ def test_whole_model_gradient_check(variant, dropout):
     analytic = {name: grad.copy() for name, grad in model.backward().items()}
     errors = check_gradients(loss, analytic, model.parameters(), np.random.default_rng(7), max_count=12)
     assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
+
+
+def test_a_penalty_of_any_layer_enters_the_training_loss_and_its_gradient():
+    model = small_model(seed=3)
+    # A layer the model knows nothing about, deep in the tree: its hooks are found like the adaptive span's.
+    model.decoder.blocks[1].feed_forward.regularizer = SquaredPenalty([0.3, -0.7], 0.1)
+    ids, targets = random_batch(model, (2, 5), seed=4)
+    plain = model.eval().loss(ids, targets)
+    assert model.train().loss(ids, targets) == pytest.approx(plain + 0.1 * (0.3 ** 2 + 0.7 ** 2), rel=1e-12)
+    analytic = {name: grad.copy() for name, grad in model.backward().items()}
+    np.testing.assert_allclose(analytic["decoder.blocks.1.feed_forward.regularizer.w"], [0.06, -0.14], rtol=1e-12)
+    errors = check_gradients(lambda: model.loss(ids, targets), analytic, model.parameters(),
+                             np.random.default_rng(5), max_count=8)
+    assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
+
+    model.eval().loss(ids, targets)  # evaluation leaves the penalty out of the gradient too
+    assert not model.backward()["decoder.blocks.1.feed_forward.regularizer.w"].any()
+
+
+@pytest.mark.parametrize("overrides, pattern_window", [(dict(), None), (dict(attention="sliding", window=4), 4)])
+def test_attention_patterns_are_the_live_pattern_of_every_layer(overrides, pattern_window):
+    model = small_model(n_layers=3, **overrides)
+    patterns = model.attention_patterns()
+    assert len(patterns) == 3 and len({id(pattern) for pattern in patterns}) == 3  # one object per layer
+    assert all(pattern is block.attention.pattern for pattern, block in zip(patterns, model.decoder.blocks))
+    assert [pattern.window for pattern in patterns] == [pattern_window] * 3
 
 
 ORACLE_CASES = [
