@@ -13,6 +13,8 @@ environment when NumPy is first imported. Ratios are quoted at one thread: on a 
 machine two-thread timings swing by several times when the other core is busy.
 torch is a benchmark-only dependency (requirements-oracle.txt).
 """
+from __future__ import annotations
+
 import argparse
 import functools
 import json
@@ -22,14 +24,26 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tiktoken
+    import torch
+
+    from attention import AttentionPattern, CausalSelfAttention
+    from transformer_config import TransformerConfig
+    from transformer_lm import TransformerLM
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"  # the project's data and reference figures, beside its own checkout
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer repetitions and shapes")
     parser.add_argument("--threads", type=int, nargs="+", help="thread counts to measure (default 1 2; quick: 1)")
@@ -49,7 +63,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def time_pair(ours, theirs, repeats):
+def time_pair(ours: Callable[[], object], theirs: Callable[[], object],
+              repeats: int) -> tuple[list[float], list[float]]:
     """Run both callables alternately (so both see the same background load) after one warm-up each.
     Returns the list of seconds for each."""
     ours()
@@ -63,13 +78,14 @@ def time_pair(ours, theirs, repeats):
     return our_times, their_times
 
 
-def random_batches(np, config, batch_size, count, seed=0):
+def random_batches(np: ModuleType, config: TransformerConfig, batch_size: int, count: int,
+                   seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [(rng.integers(0, config.vocab_size, (batch_size, config.max_seq_len)),
              rng.integers(0, config.vocab_size, (batch_size, config.max_seq_len))) for _ in range(count)]
 
 
-def bench_matmul(threads, quick, repeats, context):
+def bench_matmul(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """The float32 matrix-product peak this run's MFU figures are measured against."""
     import numpy as np
     import torch
@@ -83,7 +99,7 @@ def bench_matmul(threads, quick, repeats, context):
                note=f"NumPy {rates['numpy']:.0f} GFLOP/s, torch {rates['torch']:.0f} GFLOP/s")
 
 
-def bench_training(threads, quick, repeats, context):
+def bench_training(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """One optimizer step (forward, backward, clip 1.0, AdamW) at nanoGPT's CPU config and a mid-size one."""
     import numpy as np
     import torch
@@ -106,7 +122,8 @@ def bench_training(threads, quick, repeats, context):
                         f"{flops / median(their_times) / 1e9 / context['peak_gflops']:.0%}")
 
 
-def time_training_steps(np, torch, config, batch_size, repeats, only=None):
+def time_training_steps(np: ModuleType, torch: ModuleType, config: TransformerConfig, batch_size: int, repeats: int,
+                        only: str | None = None) -> tuple[list[float] | None, list[float] | None]:
     """Seconds per training step for ours and the torch peer, alternating; only="ours"/"theirs" builds and runs
     one side alone (for memory measurements) and returns (times, None) or (None, times)."""
     import torch_peer
@@ -124,7 +141,7 @@ def time_training_steps(np, torch, config, batch_size, repeats, only=None):
     torch_batches = [tuple(torch.from_numpy(array) for array in batch) for batch in batches]
     steps = {"ours": 0, "theirs": 0}
 
-    def ours():
+    def ours() -> None:
         ids, targets = batches[steps["ours"] % len(batches)]
         steps["ours"] += 1
         model.loss(ids, targets)
@@ -132,7 +149,7 @@ def time_training_steps(np, torch, config, batch_size, repeats, only=None):
         clip_grad_norm(grads, 1.0)
         optimizer.step(grads)
 
-    def theirs():
+    def theirs() -> None:
         ids, targets = torch_batches[steps["theirs"] % len(batches)]
         steps["theirs"] += 1
         peer_optimizer.zero_grad(set_to_none=True)
@@ -146,7 +163,7 @@ def time_training_steps(np, torch, config, batch_size, repeats, only=None):
     return time_pair(ours, theirs, repeats)
 
 
-def bench_forward(threads, quick, repeats, context):
+def bench_forward(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Forward pass at GPT-2 small's shape (random weights, float32, batch 1)."""
     import numpy as np
     import torch
@@ -170,7 +187,7 @@ def bench_forward(threads, quick, repeats, context):
                         f"{flops / median(our_times) / 1e9 / context['peak_gflops']:.0%}")
 
 
-def bench_generation(threads, quick, repeats, context):
+def bench_generation(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Greedy generation at GPT-2 small's shape: 64-token prompt, 256 new tokens (quick: 16)."""
     import numpy as np
     import torch
@@ -205,7 +222,7 @@ def bench_generation(threads, quick, repeats, context):
                             f"{new_tokens / uncached:.1f}")
 
 
-def uncached_generation_seconds(model, prompt, new_tokens):
+def uncached_generation_seconds(model: TransformerLM, prompt: np.ndarray, new_tokens: int) -> float:
     """Greedy decoding without the cache, timed once: it is slow."""
     from generation import greedy_without_cache
     return timed(lambda: greedy_without_cache(model, prompt, new_tokens))
@@ -215,7 +232,7 @@ MID_SIZE = dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256)
 MID_BATCH = 8
 
 
-def analytic_training_bytes(config, batch_size):
+def analytic_training_bytes(config: TransformerConfig, batch_size: int) -> int:
     """The least memory a training step can live in: parameters, gradients and AdamW's two moments, plus the
     activations backward needs per layer (the block input and both LayerNorm outputs, q/k/v, the attention
     output, the residual after attention, the feed-forward pre- and post-activation: 16 B*T*C numbers; the
@@ -227,7 +244,7 @@ def analytic_training_bytes(config, batch_size):
     return 4 * (4 * parameters + activations)
 
 
-def peak_rss_megabytes():
+def peak_rss_megabytes() -> float:
     """This process's peak resident memory. VmHWM from /proc (Linux) rather than ru_maxrss, which a
     process started by a larger one inherits from it across fork and exec."""
     with open("/proc/self/status") as status:
@@ -237,7 +254,7 @@ def peak_rss_megabytes():
     raise OSError("no VmHWM in /proc/self/status: the memory benchmark needs Linux")
 
 
-def memory_probe(side):
+def memory_probe(side: str) -> None:
     """Runs in its own process: peak RSS growth over three training steps at the mid-size config."""
     import numpy as np
     import torch
@@ -250,7 +267,7 @@ def memory_probe(side):
     print(json.dumps({"megabytes": peak_rss_megabytes() - baseline}))
 
 
-def bench_memory(threads, quick, repeats, context):
+def bench_memory(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Peak resident memory of the training step at the mid-size config, each side in its own process."""
     from transformer_lm import TransformerConfig
     config = TransformerConfig.from_preset("nanogpt-cpu", **MID_SIZE)
@@ -269,7 +286,8 @@ def bench_memory(threads, quick, repeats, context):
                     f"AdamW moments, saved activations)")
 
 
-def bench_transformers(threads, quick, repeats, context):
+def bench_transformers(threads: int, quick: bool, repeats: int,
+                       context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Against transformers' own GPT2LMHeadModel: GPT-2 small forward at B=1 and greedy generation after a
     prompt. Ours is exported with save_pretrained and transformers loads that directory."""
     import tempfile
@@ -301,10 +319,10 @@ def bench_transformers(threads, quick, repeats, context):
     prompt = np.random.default_rng(prompt_len).integers(0, vocab_size, (1, prompt_len))
     torch_prompt = torch.from_numpy(prompt)
 
-    def generate_ours():
+    def generate_ours() -> np.ndarray:
         return model.generate(prompt, new_tokens, temperature=0)
 
-    def generate_theirs():
+    def generate_theirs() -> torch.Tensor:
         # The saved config has no end-of-text token, so neither side stops early.
         return hf_model.generate(torch_prompt, attention_mask=torch.ones_like(torch_prompt), do_sample=False,
                                  max_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
@@ -318,7 +336,8 @@ def bench_transformers(threads, quick, repeats, context):
                     f"{new_tokens / median(their_times):.1f}; same tokens: {'yes' if same_tokens else 'no'}")
 
 
-def bench_safetensors(threads, quick, repeats, context):
+def bench_safetensors(threads: int, quick: bool, repeats: int,
+                      context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Loading a GPT-2-small-sized safetensors file (random float32 weights, written here) and touching every
     tensor: safetensors_io.load_file against the safetensors library's NumPy loader."""
     import tempfile
@@ -335,7 +354,7 @@ def bench_safetensors(threads, quick, repeats, context):
         save_file(tensors, path)
         megabytes = os.path.getsize(path) / 1e6
 
-        def load_and_sum(loader):
+        def load_and_sum(loader: Callable[[str], dict[str, np.ndarray]]) -> float:
             return sum(float(array.sum()) for array in loader(path).values())
 
         our_times, their_times = time_pair(lambda: load_and_sum(load_file), lambda: load_and_sum(library_load_file),
@@ -348,7 +367,7 @@ def bench_safetensors(threads, quick, repeats, context):
 ATTENTION_D_MODEL, ATTENTION_HEADS, WINDOW = 256, 4, 256
 
 
-def attention_layer(pattern, seed=0):
+def attention_layer(pattern: AttentionPattern | None, seed: int = 0) -> CausalSelfAttention:
     import numpy as np
 
     from attention import CausalSelfAttention
@@ -360,13 +379,13 @@ def attention_layer(pattern, seed=0):
     return layer
 
 
-def forward_backward(layer, x, dout):
+def forward_backward(layer: CausalSelfAttention, x: np.ndarray, dout: np.ndarray) -> None:
     """One forward and backward pass of an attention layer."""
     layer.forward(x)
     layer.backward(dout)
 
 
-def peak_memory_mib(function):
+def peak_memory_mib(function: Callable[[], object]) -> float:
     """Peak bytes that `function()` allocates while it runs (its allocations still alive at the peak), in MiB."""
     import tracemalloc
     tracemalloc.start()
@@ -377,7 +396,7 @@ def peak_memory_mib(function):
         tracemalloc.stop()
 
 
-def bench_attention(threads, quick, repeats, context):
+def bench_attention(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """One attention layer, forward + backward, sparse patterns against full causal attention ("PyTorch"
     column = our full attention, the peer in this section), batch 1, d_model 256, 4 heads, float32.
     sliding (window 256) is O(T * window): its time should grow linearly in T; strided uses
@@ -408,7 +427,7 @@ def bench_attention(threads, quick, repeats, context):
                        case=f"{name}, B=1, C={ATTENTION_D_MODEL}, H={ATTENTION_HEADS}, T={seq_len}")
 
 
-def bench_tokenizer(threads, quick, repeats, context):
+def bench_tokenizer(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Byte-level BPE: encoding tiny Shakespeare with GPT-2's files against tiktoken (same ids checked), and
     training a 4,096-token vocabulary on it. Skipped when ../shared is absent."""
     from tokenizer import ByteBPETokenizer
@@ -435,7 +454,7 @@ def bench_tokenizer(threads, quick, repeats, context):
                theirs=None, note="no peer measured")
 
 
-def tiktoken_gpt2(vocab_path, merges_path):
+def tiktoken_gpt2(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> tiktoken.Encoding:
     """tiktoken's GPT-2 encoding built from local files (get_encoding("gpt2") would download them)."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -445,17 +464,17 @@ def tiktoken_gpt2(vocab_path, merges_path):
     return tiktoken.Encoding(name="gpt2-local", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
 
 
-def timed(function):
+def timed(function: Callable[[], object]) -> float:
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
 
 
-def median_seconds(function, repeats):
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
     return median([timed(function) for _ in range(repeats)])
 
 
-def shakespeare_reproduction(quick):
+def shakespeare_reproduction(quick: bool) -> dict[str, dict] | None:
     """Train nanoGPT's CPU quick-start config on tiny Shakespeare with train.py (2 threads, as the reference run),
     then the same run with adaptive attention spans, at equal steps. Returns {"full" | "adaptive": {"rows": the
     run's metrics.jsonl rows, "seconds": its wall time}, "reference": nanoGPT's losses}, or None when ../shared
@@ -473,7 +492,7 @@ def shakespeare_reproduction(quick):
     return runs
 
 
-def train_run(corpus, flags):
+def train_run(corpus: Path, flags: list[str]) -> tuple[list[dict], float]:
     """One train.py run on tiny Shakespeare at 2 threads: (rows of metrics.jsonl, wall seconds). Its log goes to
     stderr as progress."""
     import tempfile
@@ -489,7 +508,7 @@ def train_run(corpus, flags):
         return [row for row in rows if row.get("kind", "eval") == "eval"], seconds
 
 
-def nanogpt_reference():
+def nanogpt_reference() -> dict[str, list[float]]:
     """nanoGPT's (train, val) losses by iteration (as a string: JSON's keys are) from ../shared/reference, kept
     with the results so that they render without ../shared; {} when absent."""
     reference, reference_file = {}, SHARED / "reference" / "nanogpt-cpu-shakespeare-char.md"
@@ -501,7 +520,7 @@ def nanogpt_reference():
     return reference
 
 
-def shakespeare_lines(runs):
+def shakespeare_lines(runs: dict[str, dict] | None) -> list[str]:
     """Markdown for shakespeare_reproduction's result, nanoGPT's losses beside ours."""
     title = "## Tiny Shakespeare, nanoGPT's CPU quick start"
     if runs is None:
@@ -551,12 +570,12 @@ COLUMNS = {
 }
 
 
-def progress(message):
+def progress(message: str) -> None:
     """One line on stderr, so that a run of many minutes shows where it is."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def worker(args):
+def worker(args: argparse.Namespace) -> None:
     """Runs inside a subprocess whose thread variables are already set; prints JSON rows on stdout, progress on
     stderr."""
     import numpy as np
@@ -576,7 +595,7 @@ def worker(args):
     print(json.dumps(dict(rows=rows, info=info)))
 
 
-def blas_description(np):
+def blas_description(np: ModuleType) -> str:
     try:
         config = np.show_config(mode="dicts")
         blas = config["Build Dependencies"]["blas"]
@@ -590,7 +609,7 @@ KERNEL_SIMD = {"Sandybridge": "AVX", "Haswell": "AVX2", "Zen": "AVX2", "SkylakeX
                "SapphireRapids": "AVX-512"}
 
 
-def openblas_kernel():
+def openblas_kernel() -> str | None:
     """The core type whose kernels OpenBLAS picked at run time (a DYNAMIC_ARCH build picks by CPU, and not always
     the widest: an AVX-512 CPU may run Haswell's AVX2 kernels), or None when NumPy's BLAS is not OpenBLAS.
     Asked as threadpoolctl does, through the loaded library's get_corename function."""
@@ -618,7 +637,7 @@ def openblas_kernel():
     return None
 
 
-def machine_description():
+def machine_description() -> dict[str, object]:
     """The CPU the run measures on: its model, cores and widest vector extension (OpenBLAS and PyTorch choose
     their kernels by it, and the ratios change with them)."""
     model, flags = platform.processor() or "unknown", set()
@@ -636,7 +655,7 @@ def machine_description():
                 python=platform.python_version())
 
 
-def simd_level(flags):
+def simd_level(flags: set[str]) -> str:
     """The widest x86 vector extension among a CPU's flags (as /proc/cpuinfo spells them)."""
     for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")):
         if flag in flags:
@@ -644,13 +663,13 @@ def simd_level(flags):
     return "unknown"
 
 
-def median(values):
+def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
 
 
-def cell(values, unit):
+def cell(values: Sequence[float] | None, unit: str) -> str:
     """'median [min - max]' of measurements in seconds shown as ms, or in MB as they are; '-' when none."""
     if not values:
         return "-"
@@ -658,7 +677,7 @@ def cell(values, unit):
     return f"{median(values) * scale:.1f} [{min(values) * scale:.1f} - {max(values) * scale:.1f}]"
 
 
-def markdown(results):
+def markdown(results: dict) -> str:
     """BENCHMARKS.md's text from a run's results (the JSON bench.py saves): the machine at the top, then one table
     per benchmark with its own column names, a row per case and thread count, then tiny Shakespeare."""
     machine = results["machine"]
@@ -696,13 +715,13 @@ def markdown(results):
     return "\n".join(lines)
 
 
-def is_complete(args):
+def is_complete(args: argparse.Namespace) -> bool:
     """Whether a run measures everything a full run does (and so may replace the committed BENCHMARKS.md)."""
     return (not args.quick and args.threads is None and args.repeats is None and set(args.only) == set(SECTIONS)
             and args.shakespeare is not False)
 
 
-def output_path(args):
+def output_path(args: argparse.Namespace) -> Path:
     """Where the Markdown goes (the raw JSON beside it, same name with .json): --out when given; BENCHMARKS.md for
     a complete run; a partial one (--quick, --only, --threads, --repeats, --no-shakespeare) goes under bench-runs/,
     which git ignores, so a smoke run never replaces the committed results."""
@@ -713,14 +732,14 @@ def output_path(args):
     return ROOT / "bench-runs" / time.strftime("%Y%m%d-%H%M%S.md")
 
 
-def write_text(path, text):
+def write_text(path: Path, text: str) -> None:
     from atomic_files import atomic_output
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as file:
         file.write(text.encode("utf-8"))
 
 
-def render(json_path, out):
+def render(json_path: str | os.PathLike, out: str | os.PathLike | None) -> None:
     """Write the Markdown for results saved earlier, measuring nothing."""
     try:
         results = json.loads(Path(json_path).read_text(encoding="utf-8"))
@@ -732,7 +751,7 @@ def render(json_path, out):
     progress(f"written to {path}")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.memory_probe:
         return memory_probe(args.memory_probe)

@@ -49,6 +49,8 @@ from tokenizer import load_tokenizer as read_tokenizer_files
 from transformer_config import TransformerConfig
 
 if TYPE_CHECKING:
+    from optim import AdamW
+    from tokenizer import Tokenizer
     from transformer_lm import TransformerLM
 
 MANIFEST = "manifest.json"
@@ -82,7 +84,7 @@ class Checkpoint:
             model.rng.bit_generator.state = self.model_rng
         model.tokenizer = self.tokenizer
 
-    def restore(self, model: TransformerLM, optimizer) -> None:
+    def restore(self, model: TransformerLM, optimizer: AdamW) -> None:
         """Put the weights, the optimizer's moments and the dropout generator's state into `model` and
         `optimizer` (read with optimizer=True); nothing changes unless all of it fits them."""
         load_parameters(model, self.parameters, self.directory / "model.npz", check_only=True)
@@ -96,8 +98,8 @@ class Checkpoint:
 
 # ---------------------------------------------------------------------------------------------------- saving
 
-def save_checkpoint(directory: str | os.PathLike, model: TransformerLM, optimizer=None, tokenizer=None,
-                    state: dict | None = None) -> None:
+def save_checkpoint(directory: str | os.PathLike, model: TransformerLM, optimizer: AdamW | None = None,
+                    tokenizer: Tokenizer | None = None, state: dict | None = None) -> None:
     """Write model (+ optimizer, tokenizer, JSON-serializable `state`) as the checkpoint `directory`; a crash at
     any point leaves the previous checkpoint or this one complete, and readers find whichever is newer."""
     directory = Path(directory)
@@ -271,7 +273,7 @@ def read_checkpoint(directory: str | os.PathLike, optimizer: bool = False, train
     verify = checksum_verifier(path)
     config = read_config(path, verify)
 
-    def parameter_specs(n_tensors):
+    def parameter_specs(n_tensors: int) -> dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]]:
         # Listing the config's parameters costs O(n_layers): bound it first by the file, which must hold a dozen
         # tensors per layer (config.json might say n_layers=10**12).
         if config.n_layers > n_tensors:
@@ -297,7 +299,7 @@ def checksum_verifier(path: Path) -> Callable[[str], bool]:
     written before manifests has none to check) and says which files the copy holds."""
     manifest = read_manifest(path) if (path / MANIFEST).is_file() else None
 
-    def verify(name):
+    def verify(name: str) -> bool:
         """True when the copy holds file `name`; CheckpointError if it does not hold what was saved."""
         if manifest is None:
             return (path / name).is_file()
@@ -420,7 +422,7 @@ def check_state(state: object, source: Path, training: bool) -> tuple[dict, dict
 
 
 def check_training_entry(test: Callable[[object], bool], expected: str) -> Callable[[object, str, Path], None]:
-    def check(value, key, source):
+    def check(value: object, key: str, source: Path) -> None:
         if not test(value):
             raise CheckpointError(f"{source}: {key!r} must be {expected}, got {value!r}")
     return check
@@ -453,7 +455,7 @@ TRAINING_STATE = {
 }
 
 
-def read_tokenizer(path: Path, verify: Callable[[str], bool]):
+def read_tokenizer(path: Path, verify: Callable[[str], bool]) -> Tokenizer | None:
     """The copy's tokenizer, or None when it was saved without one."""
     # Every tokenizer file is verified (not only the first found): the loader then picks the class.
     if not any([verify(name) for name in ("tokenizer.json", "vocab.json", "merges.txt")]):
@@ -478,7 +480,7 @@ def load_config(directory: str | os.PathLike) -> TransformerConfig:
     return read_config(path, checksum_verifier(path))
 
 
-def load_tokenizer(directory: str | os.PathLike):
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
     """The checkpoint's tokenizer, or None when it was saved without one."""
     return read_checkpoint(directory).tokenizer
 
@@ -490,7 +492,7 @@ def load_state(directory: str | os.PathLike, training: bool = False) -> dict:
     return check_state(read_json(path / "state.json", checksum_verifier(path)), path / "state.json", training)[1]
 
 
-def load_training_state(directory: str | os.PathLike, model: TransformerLM, optimizer) -> dict:
+def load_training_state(directory: str | os.PathLike, model: TransformerLM, optimizer: AdamW) -> dict:
     """Restore model weights, optimizer moments and the model's dropout generator; return the rest of
     state.json. Nothing changes unless the whole checkpoint is valid and matches `model`."""
     checkpoint = read_checkpoint(directory, optimizer=True)

@@ -257,7 +257,7 @@ def progress_reporter(stream: TextIO) -> Callable[[int, int], None]:
     """A progress callback that writes "evaluated i/n windows" to stream at most every PROGRESS_INTERVAL_S seconds."""
     last = time.monotonic()
 
-    def report(done, total):
+    def report(done: int, total: int) -> None:
         nonlocal last
         if time.monotonic() - last >= PROGRESS_INTERVAL_S:
             print(f"evaluated {done}/{total} windows", file=stream, flush=True)

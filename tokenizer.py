@@ -272,7 +272,7 @@ def gpt2_byte_to_char() -> list[str]:
     Latin-1 characters stand for themselves; the other 68 (controls, space, DEL, NBSP, soft hyphen)
     are given the characters from U+0100 upward, in byte order. So b" " is "Ġ" and b"\\n" is "Ċ".
     """
-    def printable(byte):
+    def printable(byte: int) -> bool:
         return ord("!") <= byte <= ord("~") or ord("¡") <= byte <= ord("¬") or ord("®") <= byte <= ord("ÿ")
 
     table, next_stand_in = [], 0x100
@@ -578,7 +578,7 @@ class ByteBPETokenizer:
         # which only a merges table in an unlearned order can create, waits for the round to end.
         round_rank, deferred = -1, []
 
-        def queue_pair(left, right):
+        def queue_pair(left: int, right: int) -> None:
             merge = merge_ranks.get((ids[left], ids[right]))
             if merge is not None:
                 entry = (merge[0], left)

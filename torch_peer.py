@@ -4,10 +4,21 @@ attention kernel, loaded with our weights so both sides compute the same functio
 
 A benchmark-only module: torch is imported by the caller and passed in, never by the library.
 """
+from __future__ import annotations
+
 import math
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from transformer_config import TransformerConfig
+    from transformer_lm import TransformerLM
 
 
-def build(torch, our_model):
+def build(torch: ModuleType, our_model: TransformerLM) -> torch.nn.Module:
     """A torch.nn.Module equal to our_model (which must use GPT-2's arrangement), weights copied."""
     F = torch.nn.functional
     config = our_model.config
@@ -25,7 +36,7 @@ def build(torch, our_model):
             self.feed_forward_in = torch.nn.Linear(C, config.d_ff)
             self.feed_forward_out = torch.nn.Linear(config.d_ff, C)
 
-        def forward(self, x, cache=None):
+        def forward(self, x: Tensor, cache: list[Tensor] | None = None) -> Tensor:
             B, T, _ = x.shape
             q, k, v = self.qkv(self.norm1(x)).split(C, dim=2)
             q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
@@ -46,7 +57,8 @@ def build(torch, our_model):
             self.blocks = torch.nn.ModuleList(Block() for _ in range(config.n_layers))
             self.final_norm = torch.nn.LayerNorm(C, eps=config.layer_norm_eps)
 
-        def forward(self, ids, targets=None, caches=None, start=0):
+        def forward(self, ids: Tensor, targets: Tensor | None = None, caches: list[list[Tensor]] | None = None,
+                    start: int = 0) -> Tensor:
             positions = torch.arange(start, start + ids.shape[1])
             x = self.token_embedding(ids) + self.position_embedding(positions)
             for index, block in enumerate(self.blocks):
@@ -57,7 +69,7 @@ def build(torch, our_model):
             return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
 
         @torch.inference_mode()
-        def generate_greedy(self, ids, new_tokens):
+        def generate_greedy(self, ids: Tensor, new_tokens: int) -> Tensor:
             """Greedy decoding with a KV cache, as our model.generate(..., temperature=0) does."""
             caches = [[] for _ in self.blocks]
             logits = self(ids, caches=caches)
@@ -90,7 +102,8 @@ def build(torch, our_model):
     return model
 
 
-def adamw(torch, model, lr, betas, weight_decay):
+def adamw(torch: ModuleType, model: torch.nn.Module, lr: float, betas: tuple[float, float],
+          weight_decay: float) -> torch.optim.AdamW:
     """torch.optim.AdamW with nanoGPT's groups: decay on 2-D tensors only."""
     parameters = list(model.parameters())
     groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
@@ -98,18 +111,18 @@ def adamw(torch, model, lr, betas, weight_decay):
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def training_flops_per_token(config):
+def training_flops_per_token(config: TransformerConfig) -> int:
     """nanoGPT's estimate: 6 per parameter (forward 2, backward 4) plus attention's 12 * L * C * T."""
     parameters = 12 * config.n_layers * config.d_model ** 2 + config.vocab_size * config.d_model
     return 6 * parameters + 12 * config.n_layers * config.d_model * config.max_seq_len
 
 
-def forward_flops_per_token(config, seq_len):
+def forward_flops_per_token(config: TransformerConfig, seq_len: int) -> int:
     parameters = 12 * config.n_layers * config.d_model ** 2 + config.vocab_size * config.d_model
     return 2 * parameters + 4 * config.n_layers * config.d_model * seq_len
 
 
-def matmul_gflops(np, torch, size=1024, repeats=10):
+def matmul_gflops(np: ModuleType, torch: ModuleType, size: int = 1024, repeats: int = 10) -> dict[str, float]:
     """The machine's float32 matrix-product rate (GFLOP/s), best of repeats, for NumPy and torch."""
     import time
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)

@@ -28,16 +28,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 
 import evaluation
 from atomic_files import LockHeld, exclusive_lock
-from checkpoint import CheckpointError, load_state, read_checkpoint, save_checkpoint
+from checkpoint import Checkpoint, CheckpointError, load_state, read_checkpoint, save_checkpoint
 from data import SortingTask, TokenDataset, prepare_text_dataset, read_text_file
 from optim import AdamW, accumulate_grads, clip_grad_norm, lr_schedule
 from sparse_attention import effective_spans, span_summary
-from tokenizer import ByteBPETokenizer, start_ids
+from tokenizer import ByteBPETokenizer, Tokenizer, start_ids
 from transformer_config import CHOICES as MODEL_CHOICES
 from transformer_config import PRESETS as MODEL_PRESETS
 from transformer_config import TransformerConfig
@@ -197,7 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def integer_rule(minimum: int, maximum: int | None = None, unset_means: str | None = None) -> Callable:
     """A settings rule: value -> what it should be if it is not an int in [minimum, maximum], else None.
     unset_means: what None stands for, where a setting may be left unset."""
-    def problem(value):
+    def problem(value: object) -> str | None:
         if value is None and unset_means:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
@@ -211,7 +212,7 @@ def integer_rule(minimum: int, maximum: int | None = None, unset_means: str | No
 def number_rule(minimum: float, below: float = math.inf) -> Callable:
     """A settings rule for a finite number in [minimum, below). (Every comparison with NaN is False, so a
     test such as `grad_clip > 0` would quietly read NaN as 'off'; here NaN and the infinities are refused.)"""
-    def problem(value):
+    def problem(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return "a finite number"
         if not minimum <= value < below:
@@ -298,7 +299,7 @@ def merge_settings(given: dict, saved: dict | None = None, model: TransformerCon
         if unknown:
             raise TrainingError(f"{what} {unknown}; the settings are train.py's flags (python train.py --help)")
 
-    def source(name):
+    def source(name: str) -> str:
         return " (saved in the resumed run's state.json)" if name in saved and name not in given else ""
 
     data = given.get("data", saved.get("data"))
@@ -401,7 +402,7 @@ class Task:
                                 f"{block_size}: {error}; use a longer text or a smaller --block-size") from None
 
     @classmethod
-    def from_text(cls, path: str | os.PathLike, tokenizer, settings: dict, block_size: int) -> Task:
+    def from_text(cls, path: str | os.PathLike, tokenizer: Tokenizer | None, settings: dict, block_size: int) -> Task:
         """The text file's tokens: encoded with `tokenizer`, or else with one made from the text as
         settings["tokenizer"] says (characters, or a BPE of settings["bpe_vocab_size"] tokens)."""
         try:
@@ -419,7 +420,7 @@ class Task:
         return self.dataset.get_batch(split, batch_size, self.block_size, rng)
 
 
-def token_task(tokens: object, tokenizer, block_size: int) -> Task:
+def token_task(tokens: object, tokenizer: Tokenizer | None, block_size: int) -> Task:
     """A Task of a token array (N,) of ints >= 0, split as text files are (the last 10% for validation)."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu" or len(tokens) == 0:
@@ -501,7 +502,7 @@ def deferred_interrupt() -> Iterator[dict]:
         yield state
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         if state["requested"]:
             raise KeyboardInterrupt
         state["requested"] = True
@@ -512,8 +513,8 @@ def deferred_interrupt() -> Iterator[dict]:
         signal.signal(signal.SIGINT, previous)
 
 
-def train(model: TransformerLM, data: object, *, tokenizer=None, out_dir: str | os.PathLike | None = None,
-          resume: bool = False, **settings: object) -> list[dict]:
+def train(model: TransformerLM, data: object, *, tokenizer: Tokenizer | str | None = None,
+          out_dir: str | os.PathLike | None = None, resume: bool = False, **settings: object) -> list[dict]:
     """Train `model` in place with AdamW; return the rows it logged (those it appends to OUT_DIR/metrics.jsonl).
 
     data: a token array (N,) of ints (the last 10% is the validation split), a text file's path (str or Path:
@@ -572,7 +573,8 @@ def train(model: TransformerLM, data: object, *, tokenizer=None, out_dir: str | 
         return training_loop(model, data, settings, out_dir, saved)
 
 
-def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Path | None, saved) -> list[dict]:
+def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Path | None,
+                  saved: Checkpoint | None) -> list[dict]:
     """train()'s loop, once everything is checked (and out_dir locked); saved: the resumed Checkpoint or None."""
     optimizer = AdamW(model.parameters(), lr=settings["lr"], betas=(settings["beta1"], settings["beta2"]),
                       weight_decay=settings["weight_decay"])
@@ -592,7 +594,7 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
     tokens_per_iter = settings["batch_size"] * settings["grad_accum_steps"] * task.block_size
     history = []
 
-    def log(row):
+    def log(row: dict) -> None:
         history.append(row)
         if out_dir is None:
             return
@@ -602,7 +604,7 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
         except OSError as error:
             raise TrainingError(f"cannot write {out_dir / 'metrics.jsonl'}: {error}") from None
 
-    def save(iteration):
+    def save(iteration: int) -> None:
         if checkpoint_dir is not None:
             state = dict(iteration=iteration, best_val_loss=best_val_loss, data_rng=rng.bit_generator.state,
                          settings=settings)
@@ -699,7 +701,7 @@ def report(model: TransformerLM, task: Task, settings: dict) -> float | None:
     """What the model learned: held-out accuracy for the sorting task (returned), a text sample otherwise."""
     model.eval()
     if task.sorting:
-        def predict(problems):
+        def predict(problems: np.ndarray) -> np.ndarray:
             return model.generate(problems, task.sorting.length, temperature=0)[:, task.sorting.length:]
         accuracy = task.sorting.exact_match_accuracy(predict, 1000, np.random.default_rng(settings["seed"]))
         verdict = "reached" if accuracy >= 0.99 else "NOT reached"
@@ -713,7 +715,7 @@ def report(model: TransformerLM, task: Task, settings: dict) -> float | None:
     return None
 
 
-def plot(directory):
+def plot(directory: str | os.PathLike) -> None:
     """Draw DIR/metrics.jsonl into DIR/loss.png: the training loss, the evaluations, the learning rate and any
     resumes, titled with the run's settings (visualize.loss_figure)."""
     import visualize  # here, not at the top: only --plot draws
