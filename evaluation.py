@@ -38,7 +38,7 @@ import numpy as np
 
 from tokenizer import Tokenizer
 from transformer_config import IGNORE_INDEX, TransformerConfig, is_positive_integer, python_scalar
-from transformer_lm import TransformerLM, load_model_and_tokenizer
+from transformer_lm import TransformerLM, add_model_source_arguments, load_model_and_tokenizer
 
 PROGRESS_INTERVAL_S = 10.0  # the CLI reports progress on stderr at most this often
 # The default batch holds as many windows as keep their logits and attention maps near 256 MB (float32),
@@ -226,10 +226,7 @@ def window_batches(windows: Sequence[Window], batch_size: int) -> Iterator[list[
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint directory written by train.py (or its --out-dir)")
-    source.add_argument("--hf-model", help="a Hugging Face GPT-2 directory: config.json, model.safetensors, "
-                                           "vocab.json, merges.txt")
+    add_model_source_arguments(parser)
     parser.add_argument("--text", required=True, help="the UTF-8 text file to score")
     parser.add_argument("--context", type=int, help="tokens per window (default: the model's max_seq_len)")
     parser.add_argument("--stride", type=int, help="tokens between window starts; smaller = more context per "

@@ -18,7 +18,7 @@ import numpy as np
 from generation import as_generator
 from tokenizer import CharTokenizer, Tokenizer, start_ids
 from transformer_config import is_positive_integer
-from transformer_lm import TransformerLM, load_model_and_tokenizer
+from transformer_lm import TransformerLM, add_model_source_arguments, load_model_and_tokenizer
 
 SAMPLE_SEPARATOR = "-" * 15  # nanoGPT's sample.py prints the same line between samples
 FILE_PREFIX = "FILE:"  # nanoGPT's convention: --prompt FILE:path reads the prompt from a file
@@ -26,10 +26,7 @@ FILE_PREFIX = "FILE:"  # nanoGPT's convention: --prompt FILE:path reads the prom
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint directory written by train.py (or its --out-dir)")
-    source.add_argument("--hf-model", help="a Hugging Face GPT-2 directory: config.json, model.safetensors, "
-                                           "vocab.json, merges.txt")
+    add_model_source_arguments(parser)
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", help=f"text to continue (default: start of text); "
                                                      f"{FILE_PREFIX}PATH reads it from a file, as in nanoGPT")

@@ -10,6 +10,7 @@ The settings (TransformerConfig, PRESETS, CHOICES, IGNORE_INDEX) live in transfo
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -237,6 +238,15 @@ class TransformerLM(Module):
         saved.load_into(model, restore_rng=seed is None)
         return model
 
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two model sources of the command-line tools, --checkpoint and --hf-model, exactly one required;
+    load_model_and_tokenizer(args.checkpoint, args.hf_model) reads either."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory written by train.py (or its --out-dir)")
+    source.add_argument("--hf-model", help="a Hugging Face GPT-2 directory: config.json, model.safetensors, "
+                                           "vocab.json, merges.txt")
 
 def load_model_and_tokenizer(checkpoint: str | os.PathLike | None = None, hf_model: str | os.PathLike | None = None,
                              require_tokenizer: bool = False) -> tuple[TransformerLM, object]:

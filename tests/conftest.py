@@ -94,3 +94,35 @@ def _vocab_and_merges_from(tokenizer_json):
     (Path(directory.name) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
                                                      encoding="utf-8")
     return directory
+
+
+# A small text that both training test modules train on.
+CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS)
+    return path
+
+
+def run_train_cli(*flags):
+    """train.py's main on these flags (any objects: each becomes its str)."""
+    import train
+    return train.main([str(flag) for flag in flags])
+
+
+def random_gpt2_model(seed=0, **overrides):
+    """A small GPT-2-layout model with every parameter (vectors too) drawn from N(0, 0.5^2), so that any
+    misplaced tensor shows; in eval mode."""
+    import numpy as np
+
+    from transformer_lm import TransformerConfig, TransformerLM
+    fields = dict(vocab_size=31, d_model=12, n_heads=3, n_layers=2, max_seq_len=23, dropout=0.0,
+                  positional="learned", norm_first=True, init="gpt2")
+    model = TransformerLM(TransformerConfig(**{**fields, **overrides}), seed=seed)
+    rng = np.random.default_rng(seed)
+    for value in model.parameters().values():
+        value[...] = rng.normal(0.0, 0.5, value.shape)
+    return model.eval()

@@ -11,14 +11,14 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import require_gpt2_tokenizer, require_oracle
+from conftest import random_gpt2_model, require_gpt2_tokenizer, require_oracle
 
 import convert
 import hf_gpt2
 from checkpoint import save_checkpoint, seal
 from safetensors_io import SafetensorsError, load_file, read_metadata, save_file
 from tokenizer import ByteBPETokenizer, CharTokenizer
-from transformer_lm import TransformerConfig, TransformerLM
+from transformer_lm import TransformerLM
 
 # Odd sizes, so that a transposed or misplaced tensor cannot keep its shape by accident.
 GPT2_CONFIGS = [
@@ -62,15 +62,7 @@ def random_ids(vocab_size, shape, seed=0):
     return np.random.default_rng(seed).integers(0, vocab_size, shape)
 
 
-def random_model(seed=0, **overrides):
-    """Our GPT-2-style model with every parameter (vectors too) drawn from N(0, 0.5^2)."""
-    fields = dict(vocab_size=31, d_model=12, n_heads=3, n_layers=2, max_seq_len=23, dropout=0.0,
-                  positional="learned", norm_first=True, init="gpt2")
-    model = TransformerLM(TransformerConfig(**{**fields, **overrides}), seed=seed)
-    rng = np.random.default_rng(seed)
-    for value in model.parameters().values():
-        value[...] = rng.normal(0.0, 0.5, value.shape)
-    return model.eval()
+random_model = random_gpt2_model
 
 
 # ----------------------------------------------------------------------------------------------------------

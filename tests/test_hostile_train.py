@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import CORPUS, ROOT, run_train_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,20 +21,11 @@ from data import TokenDataset, check_text_file, prepare_text_dataset
 from optim import AdamW, clip_grad_norm, lr_schedule
 from tokenizer import CharTokenizer
 
-CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 FEW_EXAMPLES = settings(max_examples=25, deadline=None)
 PER_FLAG_EXAMPLES = settings(max_examples=12, deadline=None)  # twenty flags: the module stays within seconds
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS)
-    return path
-
-
-def run(*flags):
-    return train.main([str(flag) for flag in flags])
+run = run_train_cli
 
 
 def tiny_run(corpus, out_dir, *flags):

@@ -7,22 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_train_cli
 
 import train
 
-CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS)
-    return path
-
-
-def run(*flags):
-    return train.main([str(flag) for flag in flags])
+run = run_train_cli
 
 
 def tiny_run(corpus, out_dir, *flags):
