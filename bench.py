@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "earlier (to --out, default: the JSON's name with .md)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: run at this thread count
     parser.add_argument("--memory-probe", choices=["ours", "theirs"], help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--data-parallel-probe", nargs=3, help=argparse.SUPPRESS)  # internal: case, side, repeats
+    parser.add_argument("--attention-memory-probe", nargs=2, type=int, help=argparse.SUPPRESS)  # internal: T, tile
     return parser.parse_args(argv)
 
 
@@ -100,7 +103,8 @@ def bench_matmul(threads: int, quick: bool, repeats: int, context: dict[str, flo
 
 
 def bench_training(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
-    """One optimizer step (forward, backward, clip 1.0, AdamW) at nanoGPT's CPU config and a mid-size one."""
+    """One optimizer step (forward, backward, clip 1.0, AdamW) at nanoGPT's CPU config, a mid-size one and the
+    mid-size model at T=1024 (where full causal attention runs in tiles)."""
     import numpy as np
     import torch
 
@@ -108,7 +112,8 @@ def bench_training(threads: int, quick: bool, repeats: int, context: dict[str, f
     from transformer_lm import TransformerConfig
 
     shapes = [("nanoGPT CPU: L4 H4 C128, B12 T64, V65", dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
-              ("mid: L6 H6 C384, B8 T256, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256), 8)]
+              ("mid: L6 H6 C384, B8 T256, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256), 8),
+              ("long: L6 H6 C384, B4 T1024, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=1024), 4)]
     for case, shape, batch_size in shapes[:1] if quick else shapes:
         progress(f"  training step, {case} ...")
         config = TransformerConfig.from_preset("nanogpt-cpu", **shape)
@@ -427,6 +432,201 @@ def bench_attention(threads: int, quick: bool, repeats: int, context: dict[str, 
                        case=f"{name}, B=1, C={ATTENTION_D_MODEL}, H={ATTENTION_HEADS}, T={seq_len}")
 
 
+def tiled_attention_layer(d_model: int, n_heads: int, tile_size: int | None, window: int | None = None
+                          ) -> CausalSelfAttention:
+    """A float32 attention layer, full causal or a sliding window of `window` keys, that runs tiles of tile_size
+    queries at any length (None: never, the dense or window-block layout)."""
+    import numpy as np
+
+    from attention import CausalSelfAttention
+    from sparse_attention import SlidingWindow
+
+    rng = np.random.default_rng(0)
+    pattern = None if window is None else SlidingWindow(window)
+    layer = CausalSelfAttention(d_model, n_heads, 0.0, rng, np.float32, pattern)
+    for value in layer.params.values():
+        value[...] = rng.normal(0.0, 0.02, value.shape)
+    layer.pattern.tiled_from = None if tile_size is None else 1
+    layer.pattern.tile_size = tile_size
+    return layer
+
+
+def attention_memory_probe(seq_len: int, tile_size: int) -> None:
+    """Runs in its own process: peak RSS growth of one forward + backward of the C256 H4 attention layer, B=1
+    (tile_size 0: dense)."""
+    import numpy as np
+
+    layer = tiled_attention_layer(ATTENTION_D_MODEL, ATTENTION_HEADS, tile_size or None)
+    rng = np.random.default_rng(seq_len)
+    x = rng.standard_normal((1, seq_len, ATTENTION_D_MODEL)).astype(np.float32)
+    dout = rng.standard_normal((1, seq_len, ATTENTION_D_MODEL)).astype(np.float32)
+    baseline = peak_rss_megabytes()
+    forward_backward(layer, x, dout)
+    print(json.dumps({"megabytes": peak_rss_megabytes() - baseline}))
+
+
+def bench_tiles(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
+    """Tiled attention against the untiled layouts: the tile-size sweep of one attention layer (GPT-2 small's,
+    forward in evaluation; nanoGPT-mid's at B=4, forward + backward; a sliding window of 256 keys, C256 H4 B1,
+    forward + backward, against its window blocks), then the peak memory (RSS growth, each run in its own
+    process) of one C256 H4 full-attention layer's forward + backward at long lengths, where the dense (T, T)
+    scores would need tens of GB at T=32768 (not run)."""
+    import numpy as np
+
+    from attention import TILE_SIZE
+
+    layers = [("GPT-2 small layer forward, C768 H12 B1", 768, 12, 1, False, None),
+              ("mid layer forward + backward, C384 H6 B4", 384, 6, 4, True, None),
+              (f"sliding window {WINDOW} forward + backward, C256 H4 B1", 256, 4, 1, True, WINDOW)]
+    for case, d_model, n_heads, batch_size, training, window in layers:
+        for seq_len in ([256, 1024] if quick else [128, 256, 512, 1024]):
+            x = np.random.default_rng(seq_len).standard_normal((batch_size, seq_len, d_model)).astype(np.float32)
+            dense = tiled_attention_layer(d_model, n_heads, None, window).train(training)
+            for tile_size in ([TILE_SIZE] if quick else [64, 128, 256]):
+                progress(f"  tiles: {case}, T={seq_len}, tile {tile_size} ...")
+                tiled = tiled_attention_layer(d_model, n_heads, tile_size, window).train(training)
+                # dout = x: any array of the output's shape serves the backward.
+                runs = [functools.partial(forward_backward, layer, x, x) if training
+                        else functools.partial(layer.forward, x) for layer in (tiled, dense)]
+                ours, theirs = time_pair(*runs, repeats)
+                yield dict(section="tiled attention", case=f"{case}, T={seq_len}, tile {tile_size}",
+                           ours=ours, theirs=theirs, note="")
+    for seq_len in ([2048] if quick else [8192, 16384, 32768]):
+        megabytes = {}
+        for tile_size in ([TILE_SIZE] if seq_len > 16384 else [TILE_SIZE, 0]):
+            progress(f"  tiles: peak memory, T={seq_len}, {'tile ' + str(tile_size) if tile_size else 'dense'} ...")
+            completed = subprocess.run([sys.executable, __file__, "--attention-memory-probe", str(seq_len),
+                                        str(tile_size)], capture_output=True, text=True,
+                                       env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
+            if completed.returncode:
+                raise SystemExit(f"attention memory probe failed:\n{completed.stderr}")
+            megabytes[tile_size] = json.loads(completed.stdout.strip().splitlines()[-1])["megabytes"]
+        dense = megabytes.get(0)
+        yield dict(section="tiled attention, peak memory", ours=[megabytes[TILE_SIZE]],
+                   theirs=None if dense is None else [dense],
+                   case=f"layer forward + backward, C{ATTENTION_D_MODEL} H{ATTENTION_HEADS} B1, T={seq_len}, "
+                        f"tile {TILE_SIZE} (RSS growth)",
+                   note="dense not run: its (T, T) scores alone would be "
+                        f"{ATTENTION_HEADS * seq_len ** 2 * 4 / 2**30:.0f} GiB" if dense is None else "")
+
+
+# Data parallelism (parallel.py): the two training configs, each with its global batch, as bench_training has them.
+DATA_PARALLEL_CASES = {
+    "nanoGPT CPU: L4 H4 C128, B12 T64": (dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
+    "mid: L6 H6 C384, B8 T256": (MID_SIZE, MID_BATCH)}
+DATA_PARALLEL_RUNS = {"2 ranks x 1 thread": (2, 1, "ours"), "2 ranks x 1 thread, --zero 1": (2, 1, "zero"),
+                      "1 process x 1 thread": (1, 1, "ours"), "1 process x 2 threads": (1, 2, "ours")}
+RING_PROJECTION = [(ranks, gbits) for ranks in (8, 64) for gbits in (10, 100)]
+
+
+class FixedBatches:
+    """A train.Task stand-in for timing: the same few random global batches, whatever the generator says."""
+
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.batches = batches
+
+    def get_batch(self, split: str, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return self.batches[int(rng.integers(len(self.batches)))]
+
+
+def data_parallel_probe(case: str, side: str, repeats: int) -> None:
+    """Runs in its own process (every rank of an mpirun job runs one): seconds per training step of the case's
+    global batch as train.py takes it (train.accumulate_step, then parallel.Ranks.step: all-reduce, clip 1.0,
+    AdamW), printed as JSON by rank 0. side: "ours", "zero" (--zero 1) or "torch" (the peer, one process). With
+    several ranks, also the all-reduce alone of a float32 buffer of the gradient's size."""
+    import numpy as np
+    import torch
+
+    import parallel
+    import train
+    from transformer_lm import TransformerConfig, TransformerLM
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    shape, batch_size = DATA_PARALLEL_CASES[case]
+    config = TransformerConfig.from_preset("nanogpt-cpu", **shape)
+    if side == "torch":
+        print(json.dumps({"seconds": time_training_steps(np, torch, config, batch_size, repeats, only="theirs")[1]}))
+        return
+    ranks = parallel.world()
+    model = TransformerLM(config, seed=0)
+    optimizer = ranks.optimizer(model.parameters(), int(side == "zero"), lr=1e-3, betas=(0.9, 0.99),
+                                weight_decay=0.1)
+    task, rng = FixedBatches(random_batches(np, config, batch_size, 4)), np.random.default_rng(0)
+    settings = {"grad_accum_steps": 1, "batch_size": batch_size // ranks.size}
+
+    def step() -> None:
+        ranks.step(optimizer, train.accumulate_step(model, task, settings, rng, ranks)[1], 1e-3, 1.0)
+
+    def lined_up(function: Callable[[], object]) -> float:
+        if ranks.comm is not None:
+            ranks.comm.Barrier()  # every rank starts together: rank 0's time includes the slowest rank
+        return timed(function)
+
+    step()
+    result = {"seconds": [lined_up(step) for _ in range(repeats)], "parameters": model.num_parameters()}
+    result["optimizer_bytes"] = (optimizer.state_bytes() if isinstance(optimizer, parallel.ShardedAdamW) else
+                                 sum(moment.nbytes for moments in (optimizer.exp_avg, optimizer.exp_avg_sq)
+                                     for moment in moments.values()))
+    if ranks.comm is not None:
+        gradient = np.zeros(model.num_parameters(), np.float32)
+        result["allreduce"] = [lined_up(functools.partial(ranks.comm.Allreduce, parallel.require_mpi4py().IN_PLACE,
+                                                          gradient)) for _ in range(3 * repeats)]
+    if ranks.is_root:
+        print(json.dumps(result))
+
+
+def run_data_parallel_probe(case: str, n_ranks: int, threads: int, side: str, repeats: int) -> dict:
+    environment = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
+    if os.geteuid() == 0:  # Open MPI refuses root unless told
+        environment.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    launcher = ["mpirun", "-n", str(n_ranks), "--oversubscribe"] if n_ranks > 1 else []
+    completed = subprocess.run([*launcher, sys.executable, __file__, "--data-parallel-probe", case, side,
+                                str(repeats)], env=environment, stdout=subprocess.PIPE, text=True, timeout=1800)
+    if completed.returncode:
+        raise SystemExit(f"error: the data-parallel probe failed with exit status {completed.returncode}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def bench_data_parallel(threads: int, quick: bool, repeats: int,
+                        context: dict[str, float]) -> Iterator[dict[str, object]]:
+    """Training step of the whole global batch: 2 ranks x 1 thread under mpirun (plain and --zero 1), 1 process at
+    1 and 2 threads, each against PyTorch at 2 threads; then the scaling model from the measured compute and
+    all-reduce times. Each run is its own process (or mpirun job) with its thread count, so this section runs
+    once, from the one-thread worker; it needs mpi4py and Open MPI's mpirun (requirements-mpi.txt)."""
+    if threads != 1:
+        return
+    if shutil.which("mpirun") is None:
+        progress("  data parallel: skipped, no mpirun (pip install -r requirements-mpi.txt)")
+        return
+    for case, (shape, batch_size) in list(DATA_PARALLEL_CASES.items())[:1 if quick else 2]:
+        progress(f"  data parallel, {case}: PyTorch at 2 threads ...")
+        theirs = run_data_parallel_probe(case, 1, 2, "torch", 3 * repeats)["seconds"]
+        tokens = batch_size * shape["max_seq_len"]
+        measured = {}
+        for name, (n_ranks, run_threads, side) in DATA_PARALLEL_RUNS.items():
+            progress(f"  data parallel, {case}: {name} ...")
+            measured[name] = run_data_parallel_probe(case, n_ranks, run_threads, side, 3 * repeats)
+        single = median(measured["1 process x 1 thread"]["seconds"])
+        for name, result in measured.items():
+            ours = median(result["seconds"])
+            yield dict(section="data parallel", case=f"{case}, {name}", ours=result["seconds"], theirs=theirs,
+                       note=f"tokens/s {tokens / ours:,.0f} ({single / ours:.2f}x 1 process x 1 thread, "
+                            f"{median(theirs) / ours:.2f}x PyTorch at 2 threads: {tokens / median(theirs):,.0f}); "
+                            f"AdamW state {result['optimizer_bytes'] / 2**20:.1f} MiB per rank")
+        allreduce = measured["2 ranks x 1 thread"]["allreduce"]
+        gradient_bytes = 4 * measured["2 ranks x 1 thread"]["parameters"]
+        seconds_per_sequence = single / batch_size  # compute of one sequence of T tokens, one thread
+        projections = []
+        for n_ranks, gbits in RING_PROJECTION:
+            ring = 2 * (n_ranks - 1) / n_ranks * gradient_bytes * 8 / (gbits * 1e9)  # ring all-reduce, seconds
+            # communication <= 10% of the step: compute >= 9 x communication
+            projections.append(f"{n_ranks} ranks at {gbits} Gbit/s: all-reduce {1e3 * ring:.1f} ms, < 10% of the step "
+                               f"from {math.ceil(9 * ring / seconds_per_sequence)} sequences per rank")
+        yield dict(section="data parallel, scaling model", case=case, ours=allreduce, theirs=[single],
+                   note=f"all-reduce of the float32 gradient ({gradient_bytes / 2**20:.1f} MiB) between 2 ranks here; "
+                        f"compute {1e3 * seconds_per_sequence:.1f} ms per sequence; " + "; ".join(projections))
+
+
 def bench_tokenizer(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Byte-level BPE: encoding tiny Shakespeare with GPT-2's files against tiktoken (same ids checked), and
     training a 4,096-token vocabulary on it. Skipped when ../shared is absent."""
@@ -552,7 +752,8 @@ def shakespeare_lines(runs: dict[str, dict] | None) -> list[str]:
 
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
             "generation": bench_generation, "memory": bench_memory, "tokenizer": bench_tokenizer,
-            "transformers": bench_transformers, "safetensors": bench_safetensors, "attention": bench_attention}
+            "transformers": bench_transformers, "safetensors": bench_safetensors, "attention": bench_attention,
+            "tiles": bench_tiles, "data-parallel": bench_data_parallel}
 
 # What each row section's two measured columns hold, and the unit: times are kept in seconds and shown in
 # milliseconds, memory is kept and shown in MB.
@@ -564,9 +765,13 @@ COLUMNS = {
     "generation, no cache": ("ours without the cache", "ours with the KV cache", "ms"),
     "peak memory": ("ours", "PyTorch", "MB"),
     "tokenizer": ("ours", "tiktoken", "ms"),
+    "data parallel": ("ours", "PyTorch at 2 threads", "ms"),
+    "data parallel, scaling model": ("all-reduce, 2 ranks here", "compute per step, 1 thread", "ms"),
     "transformers": ("ours", "transformers", "ms"),
     "safetensors load": ("safetensors_io", "safetensors library", "ms"),
     "attention": ("sparse pattern", "full causal attention", "ms"),
+    "tiled attention": ("tiled", "untiled (dense or window blocks)", "ms"),
+    "tiled attention, peak memory": ("tiled", "dense", "MB"),
 }
 
 
@@ -755,6 +960,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.memory_probe:
         return memory_probe(args.memory_probe)
+    if args.data_parallel_probe:
+        case, side, repeats = args.data_parallel_probe
+        return data_parallel_probe(case, side, int(repeats))
+    if args.attention_memory_probe:
+        return attention_memory_probe(*args.attention_memory_probe)
     if args.worker is not None:
         return worker(args)
     if args.render:

@@ -179,7 +179,7 @@ class AdamW:
             np.copyto(self.exp_avg_sq[name], state[f"exp_avg_sq.{name}"])
 
 
-def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float, total_norm: float | None = None) -> float:
     """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
 
     The global norm is sqrt(sum over all tensors of sum(g^2)), as if every gradient were one long vector.
@@ -187,12 +187,13 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     ``torch.nn.utils.clip_grad_norm_`` (the 1e-6 guards against dividing by a zero norm).
 
     Returns the norm before clipping, as a Python float. If that norm is inf or nan the gradients are left
-    unchanged, so the caller can notice and skip the step.
+    unchanged, so the caller can notice and skip the step. total_norm: the global norm when the caller computed
+    it (each rank of a sharded run holds only a part of the gradient, parallel.py); None computes it from grads.
     """
     if not _check_finite(max_norm, "max_norm") > 0.0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    # Per-tensor norms first, then the norm of those norms: the same order torch uses.
-    total_norm = math.sqrt(sum(float(np.linalg.norm(grad.ravel())) ** 2 for grad in grads.values()))
+    if total_norm is None:  # per-tensor norms first, then the norm of those norms: the same order torch uses
+        total_norm = math.sqrt(sum(float(np.linalg.norm(grad.ravel())) ** 2 for grad in grads.values()))
     if not math.isfinite(total_norm):
         return total_norm
     clip_coefficient = float(max_norm) / (total_norm + 1e-6)

@@ -23,8 +23,10 @@ def build(torch: ModuleType, our_model: TransformerLM) -> torch.nn.Module:
     F = torch.nn.functional
     config = our_model.config
     C, H = config.d_model, config.n_heads
-    if not (config.norm_first and config.positional == "learned" and config.tie_weights):
-        raise ValueError("the torch peer implements GPT-2's arrangement: pre-LN, learned positions, tied head")
+    if not (config.norm_first and config.positional == "learned" and config.tie_weights
+            and (config.norm, config.activation, config.bias) == ("layernorm", "gelu_tanh", True)):
+        raise ValueError("the torch peer implements GPT-2's arrangement: pre-LN, learned positions, tied head, "
+                         "LayerNorm, tanh-GELU, biases")
 
     class Block(torch.nn.Module):
         def __init__(self):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -33,10 +34,11 @@ from types import FrameType
 import numpy as np
 
 import evaluation
+import parallel
 from atomic_files import LockHeld, exclusive_lock
 from checkpoint import Checkpoint, CheckpointError, load_state, read_checkpoint, save_checkpoint
 from data import SortingTask, TokenDataset, prepare_text_dataset, read_text_file
-from optim import AdamW, accumulate_grads, clip_grad_norm, lr_schedule
+from optim import accumulate_grads, lr_schedule
 from sparse_attention import effective_spans, span_summary
 from tokenizer import ByteBPETokenizer, Tokenizer, start_ids
 from transformer_config import CHOICES as MODEL_CHOICES
@@ -48,12 +50,13 @@ from transformer_lm import TransformerLM
 # nanoGPT uses, and the "small" model (a few minutes on a laptop CPU for any text file).
 DEFAULTS = dict(
     n_layers=2, n_heads=4, d_model=64, block_size=64, dropout=0.0, positional="learned", norm_first=True,
-    activation="gelu_tanh", init="gpt2", dtype="float32", attention="full", window=None, stride=None, summary=None,
+    norm="layernorm", activation="gelu_tanh", bias=True, init="gpt2", dtype="float32", attention="full", window=None,
+    stride=None, summary=None,
     adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6,
     batch_size=16, max_iters=1000, lr=1e-3, min_lr=1e-4, warmup_iters=50, lr_decay_iters=None, schedule="cosine",
     weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, grad_accum_steps=1,
     eval_interval=200, eval_iters=20, log_interval=20, sample_tokens=200, seed=1337,
-    tokenizer="char", bpe_vocab_size=512)
+    tokenizer="char", bpe_vocab_size=512, zero=0)
 
 # The training presets: what each changes from DEFAULTS. "model" names a model preset (transformer_config.PRESETS)
 # whose shape the run takes (its vocab_size aside: the data sets it); the rest are training settings.
@@ -76,8 +79,8 @@ CHOICES = dict(MODEL_CHOICES, preset=PRESET_NAMES, tokenizer=("char", "bpe"), sc
 
 # The settings that are the model's shape (TransformerConfig fields), besides block_size (its max_seq_len) and
 # max_span. train() takes them from the model it is given.
-MODEL_SETTINGS = ("d_model", "n_heads", "n_layers", "dropout", "positional", "norm_first", "activation", "init",
-                  "dtype", "attention", "window", "stride", "summary", "adaptive_span", "span_ramp",
+MODEL_SETTINGS = ("d_model", "n_heads", "n_layers", "dropout", "positional", "norm_first", "norm", "activation",
+                  "bias", "init", "dtype", "attention", "window", "stride", "summary", "adaptive_span", "span_ramp",
                   "span_loss_coefficient")
 MODEL_KEYS = (*MODEL_SETTINGS, "block_size", "max_span")
 
@@ -159,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dropout", type=float)
     add("--positional", choices=CHOICES["positional"])
     add("--norm-first", action=argparse.BooleanOptionalAction, help="pre-LN or post-LN")
-    add("--activation", choices=CHOICES["activation"])
+    add("--norm", choices=CHOICES["norm"], help="LayerNorm or RMSNorm (Llama's: gain only)")
+    add("--activation", choices=CHOICES["activation"], help="feed-forward: GELU (tanh form or exact) or Llama's "
+        "gated SwiGLU (its hidden width is 4 * --d-model too)")
+    add("--bias", action=argparse.BooleanOptionalAction, help="biases in the feed-forward and LayerNorm (the "
+        "attention keeps its biases for now)")
     add("--init", choices=CHOICES["init"])
     add("--attention", choices=CHOICES["attention"], help="attention pattern")
     add("--window", type=int, help="keys each query sees with --attention sliding (itself included)")
@@ -188,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-interval", type=int)
     add("--sample-tokens", type=int, help="tokens to generate after training (0: none)")
     add("--seed", type=int)
+    add("--zero", type=int, choices=(0, 1), help="under mpirun: 1 shards AdamW's moments over the ranks (ZeRO stage "
+        "1); see parallel.py")
     return parser
 
 
@@ -232,6 +241,7 @@ SETTING_RULES = {
                                           "eval_interval", "eval_iters", "log_interval", "grad_accum_steps",
                                           "span_ramp")},
     **{name: integer_rule(0) for name in ("warmup_iters", "sample_tokens", "seed")},
+    "zero": integer_rule(0, 1),
     "lr_decay_iters": integer_rule(1, unset_means="--max-iters"),
     "max_span": integer_rule(1, unset_means="--block-size"),
     **{name: integer_rule(1, unset_means="the pattern does not use it") for name in ("window", "stride", "summary")},
@@ -241,7 +251,7 @@ SETTING_RULES = {
     **{name: number_rule(0, below=1) for name in ("dropout", "beta1", "beta2")},
     **{name: choice_rule(choices) for name, choices in CHOICES.items()},
     **{name: lambda value: None if isinstance(value, bool) else "true or false"
-       for name in ("norm_first", "adaptive_span")},
+       for name in ("norm_first", "bias", "adaptive_span")},
     "data": lambda value: None if value is None or (isinstance(value, str) and value) else "a text file's path",
 }
 # A resumed run keeps these (its tokens and its defaults); to change them, start a new run.
@@ -446,15 +456,18 @@ def model_config(settings: dict, task: Task) -> TransformerConfig:
         raise TrainingError(str(error)) from None
 
 
-def estimate_loss(model: TransformerLM, task: Task, settings: dict, iteration: int) -> dict[str, float]:
+def estimate_loss(model: TransformerLM, task: Task, settings: dict, iteration: int,
+                  ranks: parallel.Ranks | None = None) -> dict[str, float]:
     """Mean loss over eval_iters batches per split, dropout off. Batches come from a generator seeded
-    by (seed, iteration), so evaluating never disturbs the training stream (resume stays exact)."""
+    by (seed, iteration), so evaluating never disturbs the training stream (resume stays exact); each rank
+    scores its rows of every batch and the ranks' means are averaged."""
+    ranks = ranks or parallel.world()
     model.eval()
     losses = {}
     for split in ("train", "val"):
         rng = np.random.default_rng([settings["seed"], iteration, split == "val"])
-        losses[split] = float(np.mean([model.loss(*task.get_batch(split, settings["batch_size"], rng))
-                                       for _ in range(settings["eval_iters"])]))
+        losses[split] = ranks.mean(float(np.mean([model.loss(*ranks.batch(task, split, settings["batch_size"], rng))
+                                                  for _ in range(settings["eval_iters"])])))
     model.train()
     return losses
 
@@ -528,6 +541,8 @@ def train(model: TransformerLM, data: object, *, tokenizer: Tokenizer | str | No
         nothing. The run holds OUT_DIR/train.lock while it trains, so a second run there is refused.
     resume: continue the run saved in out_dir exactly (weights, optimizer, generators, iteration, settings;
         `settings` may change the rest, as train.py's flags do).
+    Under mpirun every rank calls train() alike and they train the model together (parallel.py: batch_size per
+    rank, zero=1 shards AdamW's moments); only rank 0 prints and writes out_dir.
     Rows: {"kind": "settings", ...} first, {"kind": "train", "iter", "loss", "lr"} per step and
     {"kind": "eval", "iter", "train_loss", "val_loss", "lr", "ms_per_iter", ["spans"]} per evaluation, the last
     with "val_bits_per_byte" when the data has a tokenizer. Errors: TrainingError (a ValueError),
@@ -539,9 +554,13 @@ def train(model: TransformerLM, data: object, *, tokenizer: Tokenizer | str | No
         raise TrainingError("resume=True needs out_dir, the directory of the run to continue")
     if isinstance(tokenizer, str):  # the setting, not a tokenizer
         tokenizer, settings["tokenizer"] = None, tokenizer
+    ranks = parallel.world()
     with contextlib.ExitStack() as held:
+        if not ranks.is_root:  # only rank 0 prints and writes (errors still reach stderr)
+            held.enter_context(contextlib.redirect_stdout(held.enter_context(open(os.devnull, "w"))))
         if out_dir is not None:
             out_dir = Path(out_dir)
+        if out_dir is not None and ranks.is_root:
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(exclusive_lock(out_dir / "train.lock"))
@@ -570,14 +589,16 @@ def train(model: TransformerLM, data: object, *, tokenizer: Tokenizer | str | No
             raise TrainingError(f"the model's config differs from the checkpoint's ({saved.config})")
         if model.tokenizer is None:
             model.tokenizer = data.tokenizer  # the tokens it learned: model.save keeps them with it
-        return training_loop(model, data, settings, out_dir, saved)
+        with ranks.abort_on_error(passing=(TrainingInterrupted,)):  # an interrupt stops every rank together
+            return training_loop(model, data, settings, out_dir, saved, ranks)
 
 
 def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Path | None,
-                  saved: Checkpoint | None) -> list[dict]:
-    """train()'s loop, once everything is checked (and out_dir locked); saved: the resumed Checkpoint or None."""
-    optimizer = AdamW(model.parameters(), lr=settings["lr"], betas=(settings["beta1"], settings["beta2"]),
-                      weight_decay=settings["weight_decay"])
+                  saved: Checkpoint | None, ranks: parallel.Ranks) -> list[dict]:
+    """train()'s loop, once everything is checked (and out_dir locked); saved: the resumed Checkpoint or None;
+    ranks: the processes training together (parallel.world()), one without mpirun."""
+    optimizer = ranks.optimizer(model.parameters(), settings["zero"], lr=settings["lr"],
+                                betas=(settings["beta1"], settings["beta2"]), weight_decay=settings["weight_decay"])
     rng = np.random.default_rng(settings["seed"])  # training batches
     start, best_val_loss = 0, math.inf
     if saved:
@@ -588,15 +609,25 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
             raise TrainingError(f"the run in {out_dir} is at iteration {start}, past --max-iters "
                                 f"{settings['max_iters']}; pass a larger --max-iters to continue it")
         print(f"resuming from iteration {start} (best val loss {best_val_loss:.4f})")
+    if ranks.size > 1:
+        try:
+            ranks.check_agreement(run_description(model, task, settings, rng))
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+        ranks.broadcast_parameters(model.parameters())
+        if ranks.rank > 0:  # dropout masks of its own; rank 0 keeps the one-process stream (and saves it)
+            model.rng.bit_generator.state = np.random.default_rng([settings["seed"], ranks.rank]).bit_generator.state
+        print(f"data parallel over {ranks.size} ranks: {settings['batch_size']} sequences per rank and micro-batch"
+              + (", AdamW's moments sharded over the ranks (--zero 1)" if settings["zero"] else ""))
     print(f"model: {model.num_parameters():,} parameters, {model.config}")
     print(describe_schedule(settings))
     checkpoint_dir = out_dir / "checkpoint" if out_dir is not None else None
-    tokens_per_iter = settings["batch_size"] * settings["grad_accum_steps"] * task.block_size
+    tokens_per_iter = settings["batch_size"] * settings["grad_accum_steps"] * ranks.size * task.block_size
     history = []
 
     def log(row: dict) -> None:
         history.append(row)
-        if out_dir is None:
+        if out_dir is None or not ranks.is_root:
             return
         try:
             with open(out_dir / "metrics.jsonl", "a") as metrics:
@@ -606,9 +637,11 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
 
     def save(iteration: int) -> None:
         if checkpoint_dir is not None:
-            state = dict(iteration=iteration, best_val_loss=best_val_loss, data_rng=rng.bit_generator.state,
-                         settings=settings)
-            save_checkpoint(checkpoint_dir, model, optimizer, task.tokenizer, state)
+            full_optimizer = ranks.full_optimizer(optimizer)  # under --zero 1 every rank sends its shard
+            if ranks.is_root:
+                state = dict(iteration=iteration, best_val_loss=best_val_loss, data_rng=rng.bit_generator.state,
+                             settings=settings)
+                save_checkpoint(checkpoint_dir, model, full_optimizer, task.tokenizer, state)
 
     log(dict(kind="settings", iter=start, resumed=saved is not None, preset=settings["preset"],
              tokenizer=None if task.sorting else settings["tokenizer"],
@@ -619,14 +652,15 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
     run_start, step_seconds, eval_seconds = time.perf_counter(), [], 0.0
     with deferred_interrupt() as interrupt:
         for iteration in range(start, settings["max_iters"] + 1):
-            if interrupt["requested"]:
+            if ranks.any(interrupt["requested"]):
                 save(iteration)
+                ranks.barrier()  # the save is complete before any rank leaves (and perhaps aborts the job)
                 raise TrainingInterrupted(iteration, checkpoint_dir, history)
             lr = learning_rate(settings, iteration)
             is_last = iteration == settings["max_iters"]
             if iteration % settings["eval_interval"] == 0 or is_last:
                 eval_started = time.perf_counter()
-                row = evaluate_row(model, task, settings, iteration, lr, step_seconds, final=is_last)
+                row = evaluate_row(model, task, settings, iteration, lr, step_seconds, ranks, final=is_last)
                 eval_seconds = time.perf_counter() - eval_started
                 log(row)
                 if row["val_loss"] < best_val_loss or is_last:
@@ -638,13 +672,12 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
 
             started = time.perf_counter()
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught just below
-                loss, grads = accumulate_step(model, task, settings, rng)
+                loss, grads = accumulate_step(model, task, settings, rng, ranks)
+            loss = ranks.mean(loss)
             if not math.isfinite(loss):
                 kept = f"The last good checkpoint in {checkpoint_dir} is intact." if checkpoint_dir else ""
                 raise TrainingError(f"loss became {loss} at iteration {iteration}; stopping. {kept}".strip())
-            if settings["grad_clip"] > 0:
-                clip_grad_norm(grads, settings["grad_clip"])
-            optimizer.step(grads, lr=lr)
+            ranks.step(optimizer, grads, lr, settings["grad_clip"])  # averaged over the ranks, clipped, applied
             model.after_step()  # e.g. adaptive spans clamped back into [0, max_span]
             step_seconds.append(time.perf_counter() - started)
             log(dict(kind="train", iter=iteration, loss=loss, lr=lr))
@@ -663,13 +696,14 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
 
 
 def evaluate_row(model: TransformerLM, task: Task, settings: dict, iteration: int, lr: float,
-                 step_seconds: list[float], final: bool) -> dict:
-    """The metrics row of an evaluation (printed too); the final one adds the validation split's bits per byte."""
-    losses = estimate_loss(model, task, settings, iteration)
+                 step_seconds: list[float], ranks: parallel.Ranks, final: bool) -> dict:
+    """The metrics row of an evaluation (printed too); the final one adds the validation split's bits per byte
+    (computed by rank 0 alone: only its row is logged)."""
+    losses = estimate_loss(model, task, settings, iteration, ranks)
     line = f"step {iteration}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
     row = dict(kind="eval", iter=iteration, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
                ms_per_iter=1000 * float(np.median(step_seconds)) if step_seconds else None)
-    if final and task.tokenizer is not None and task.block_size >= 2:
+    if final and ranks.is_root and task.tokenizer is not None and task.block_size >= 2:
         # Every token of the split scored once, in windows of the training context (evaluation.evaluate).
         result = evaluation.evaluate(model, task.dataset.split("val"), task.tokenizer, context=task.block_size)
         row["val_bits_per_byte"] = result.bits_per_byte
@@ -686,15 +720,26 @@ def evaluate_row(model: TransformerLM, task: Task, settings: dict, iteration: in
     return row
 
 
-def accumulate_step(model: TransformerLM, task: Task, settings: dict,
-                    rng: np.random.Generator) -> tuple[float, dict[str, np.ndarray]]:
-    """Mean loss and gradients over grad_accum_steps micro-batches (copied: backward reuses its buffers)."""
+def accumulate_step(model: TransformerLM, task: Task, settings: dict, rng: np.random.Generator,
+                    ranks: parallel.Ranks | None = None) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean loss and gradients over grad_accum_steps micro-batches (copied: backward reuses its buffers), of this
+    rank's rows; under MPI the gradients are summed into the ranks' flat buffer (Ranks.gradient_buffers)."""
+    ranks = ranks or parallel.world()
     steps = settings["grad_accum_steps"]
-    total_loss, total_grads = 0.0, None
+    total_loss, total_grads = 0.0, ranks.gradient_buffers(model.parameters())
     for _ in range(steps):
-        total_loss += model.loss(*task.get_batch("train", settings["batch_size"], rng)) / steps
+        total_loss += model.loss(*ranks.batch(task, "train", settings["batch_size"], rng)) / steps
         total_grads = accumulate_grads(total_grads, model.backward(), scale=1.0 / steps)
     return total_loss, total_grads
+
+
+def run_description(model: TransformerLM, task: Task, settings: dict, rng: np.random.Generator) -> bytes:
+    """What every rank of a run must agree on: settings, model config, the batch generator's state and the tokens
+    (hashed by parallel.Ranks.check_agreement)."""
+    tokens = np.ascontiguousarray(task.dataset.tokens) if task.dataset is not None else np.zeros(0)
+    text = json.dumps([settings, dataclasses.asdict(model.config), rng.bit_generator.state, str(tokens.dtype)],
+                      sort_keys=True, default=str)
+    return text.encode() + hashlib.sha256(memoryview(tokens).cast("B")).digest()
 
 
 def report(model: TransformerLM, task: Task, settings: dict) -> float | None:
@@ -766,6 +811,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.plot is not None:
         return plot(args.plot)
+    with parallel.world().abort_on_error():  # under mpirun: one rank's failure ends the job, with its message
+        train_command(args)
+
+
+def train_command(args: argparse.Namespace) -> None:
     check_out_dir(args.out_dir)
     settings = resolve_settings(args, saved_settings(args.out_dir) if args.resume else None)
     try:
@@ -778,7 +828,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C while the first one's save was being written
         print("interrupted: stopped without saving; the last complete checkpoint, if any, is kept", file=sys.stderr)
         raise SystemExit(130) from None
-    report(model, task, settings)
+    if parallel.world().is_root:
+        report(model, task, settings)
 
 
 if __name__ == "__main__":
