@@ -7,26 +7,34 @@ import numpy as np
 
 from attention import CausalSelfAttention, KVCache
 from feed_forward import FeedForward
-from layer_norm import LayerNorm
+from layer_norm import LayerNorm, RMSNorm
 from module import Dropout, Embedding, Module
 from positional_encoding import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from sparse_attention import make_pattern
 from transformer_config import TransformerConfig
 
 
-def residual_forward(x: np.ndarray, sublayer: Module, norm: LayerNorm, norm_first: bool, **sublayer_options: Any
+def make_norm(config: TransformerConfig) -> LayerNorm | RMSNorm:
+    """The normalization the config names: LayerNorm (with a bias unless config.bias is False) or RMSNorm."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.layer_norm_eps, config.numpy_dtype)
+    return LayerNorm(config.d_model, config.layer_norm_eps, config.numpy_dtype, bias=config.bias)
+
+
+def residual_forward(x: np.ndarray, sublayer: Module, norm: Module, norm_first: bool, **sublayer_options: Any
                      ) -> np.ndarray:
-    """One residual sub-layer in either arrangement (sublayer_options go to sublayer.forward).
+    """One residual sub-layer in either arrangement (sublayer_options go to sublayer.forward); norm is
+    LayerNorm or RMSNorm.
 
     post-LN (the original Transformer): LayerNorm(x + sublayer(x))
-    pre-LN  (GPT-2):                    x + sublayer(LayerNorm(x))
+    pre-LN  (GPT-2, Llama):             x + sublayer(LayerNorm(x))
     """
     if norm_first:
         return x + sublayer.forward(norm.forward(x), **sublayer_options)
     return norm.forward(x + sublayer.forward(x, **sublayer_options))
 
 
-def residual_backward(dout: np.ndarray, sublayer: Module, norm: LayerNorm, norm_first: bool) -> np.ndarray:
+def residual_backward(dout: np.ndarray, sublayer: Module, norm: Module, norm_first: bool) -> np.ndarray:
     """The gradient of `residual_forward`: the identity path plus the path through the sub-layer."""
     if norm_first:
         return dout + norm.backward(sublayer.backward(dout))
@@ -36,7 +44,8 @@ def residual_backward(dout: np.ndarray, sublayer: Module, norm: LayerNorm, norm_
 
 class DecoderBlock(Module):
     """x: (B, T, C) -> (B, T, C): attention then feed-forward, each inside a residual connection
-    with a LayerNorm, post-LN (norm_first=False) or pre-LN (norm_first=True); see residual_forward."""
+    with a LayerNorm or RMSNorm (config.norm), post-LN (norm_first=False) or pre-LN (norm_first=True); see
+    residual_forward."""
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator) -> None:
         super().__init__()
@@ -44,10 +53,10 @@ class DecoderBlock(Module):
         self.norm_first = config.norm_first
         self.attention = CausalSelfAttention(config.d_model, config.n_heads, config.dropout, rng, dtype,
                                              pattern=make_pattern(config))
-        self.norm1 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
+        self.norm1 = make_norm(config)
         self.feed_forward = FeedForward(config.d_model, config.d_ff, config.activation,
-                                        config.dropout, rng, dtype)
-        self.norm2 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
+                                        config.dropout, rng, dtype, bias=config.bias)
+        self.norm2 = make_norm(config)
 
     def forward(self, x: np.ndarray, kv_cache: KVCache | None = None, key_padding: np.ndarray | None = None,
                 positions: np.ndarray | None = None) -> np.ndarray:
@@ -65,8 +74,8 @@ class DecoderBlock(Module):
 class Decoder(Module):
     """ids: (B, T) -> hidden states (B, T, C).
 
-    token embedding + positions -> dropout -> N DecoderBlocks -> final LayerNorm (pre-LN only: there
-    the last block's output has not been normalized yet; post-LN blocks already end in a LayerNorm).
+    token embedding + positions -> dropout -> N DecoderBlocks -> final norm (pre-LN only: there the last
+    block's output has not been normalized yet; post-LN blocks already end in a norm).
     """
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator) -> None:
@@ -78,7 +87,7 @@ class Decoder(Module):
         self.position_embedding = positional_class(config.max_seq_len, config.d_model, dtype)
         self.dropout = Dropout(config.dropout, rng)
         self.blocks = [DecoderBlock(config, rng) for _ in range(config.n_layers)]
-        self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps, dtype) if config.norm_first else None
+        self.final_norm = make_norm(config) if config.norm_first else None
         # Forward passes so far: every pass overwrites the layers' caches, so a model can tell whether
         # they still hold the pass its pending loss() made (TransformerLM.backward).
         self.passes = 0

@@ -1,4 +1,5 @@
-"""The position-wise feed-forward network: Linear(C -> d_ff) -> GELU -> Linear(d_ff -> C) -> dropout."""
+"""The position-wise feed-forward network: Linear(C -> d_ff) -> GELU -> Linear(d_ff -> C) -> dropout, or its
+gated form SwiGLU: Linear(d_ff -> C)(silu(Linear_gate(x)) * Linear(x)) -> dropout."""
 from __future__ import annotations
 
 import math
@@ -89,40 +90,97 @@ def gelu_exact_backward(dout: np.ndarray, x: np.ndarray, cdf: np.ndarray) -> np.
     return dout * (cdf + x * INV_SQRT_2PI * np.exp(-0.5 * x * x))
 
 
+def swiglu_forward(gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SwiGLU's gating (Shazeer 2020): silu(gate) * up, silu(z) = z * sigmoid(z). Returns (out, sigmoid(gate)).
+
+    sigmoid(z) = 1 / (1 + exp(-z)) keeps full relative precision for z << 0 (where (1 + tanh(z / 2)) / 2
+    would cancel); for z below about -88 (float32) exp(-z) overflows to inf and 1 / inf is the exact 0.
+    """
+    sigmoid = np.negative(gate)
+    with np.errstate(over="ignore"):
+        np.exp(sigmoid, out=sigmoid)
+    sigmoid += 1.0
+    np.reciprocal(sigmoid, out=sigmoid)
+    out = gate * sigmoid
+    out *= up
+    return out, sigmoid
+
+
+def swiglu_backward(dout: np.ndarray, gate: np.ndarray, up: np.ndarray, sigmoid: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """dout, the gate and up inputs, the cached sigmoid(gate) (all the same shape) -> (dgate, dup)."""
+    # dup = dout * silu(gate);  dgate = dout * up * silu'(gate),  silu'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+    dup = gate * sigmoid
+    dup *= dout
+    dgate = 1.0 - sigmoid
+    dgate *= gate
+    dgate += 1.0
+    dgate *= sigmoid
+    dgate *= up
+    dgate *= dout
+    return dgate, dup
+
+
 ACTIVATIONS = {
     "gelu_tanh": (gelu_tanh_forward, gelu_tanh_backward),
     "gelu": (gelu_exact_forward, gelu_exact_backward),
 }
+GATED_ACTIVATIONS = {"swiglu": (swiglu_forward, swiglu_backward)}
 
 
 class FeedForward(Module):
-    """x: (B, T, C) -> (B, T, C).  Parameters W_in (C, d_ff), b_in (d_ff,), W_out (d_ff, C), b_out (C,)."""
+    """x: (B, T, C) -> (B, T, C).
+
+    activation "gelu_tanh" / "gelu":  W_out(act(W_in x + b_in)) + b_out.
+    activation "swiglu":              W_out(silu(W_gate x + b_gate) * (W_in x + b_in)) + b_out, d_ff the gated
+                                      width; W_gate, W_in, W_out are Llama's gate_proj, up_proj, down_proj.
+    Parameters W_in (C, d_ff), b_in (d_ff,), [W_gate (C, d_ff), b_gate (d_ff,)], W_out (d_ff, C), b_out (C,);
+    bias=False leaves out every b_*.
+    """
 
     def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float, rng: np.random.Generator,
-                 dtype: npt.DTypeLike) -> None:
+                 dtype: npt.DTypeLike, bias: bool = True) -> None:
         super().__init__()
+        self.gated = activation in GATED_ACTIVATIONS
         self.add_parameter("W_in", np.zeros((d_model, d_ff), dtype=dtype))
-        self.add_parameter("b_in", np.zeros(d_ff, dtype=dtype))
+        if bias:
+            self.add_parameter("b_in", np.zeros(d_ff, dtype=dtype))
+        if self.gated:
+            self.add_parameter("W_gate", np.zeros((d_model, d_ff), dtype=dtype))
+            if bias:
+                self.add_parameter("b_gate", np.zeros(d_ff, dtype=dtype))
         self.add_parameter("W_out", np.zeros((d_ff, d_model), dtype=dtype))
-        self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
-        self.activation_forward, self.activation_backward = ACTIVATIONS[activation]
+        if bias:
+            self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
+        self.activation_forward, self.activation_backward = {**ACTIVATIONS, **GATED_ACTIVATIONS}[activation]
         self.dropout = Dropout(dropout, rng)
         self.cache = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (B, T, C) -> (B, T, C)."""
         p = self.params
-        hidden = linear_forward(x, p["W_in"], p["b_in"])            # (B, T, d_ff)
-        activated, activation_cache = self.activation_forward(hidden)
-        out = linear_forward(activated, p["W_out"], p["b_out"])     # (B, T, C)
+        hidden = linear_forward(x, p["W_in"], p.get("b_in"))                # (B, T, d_ff)
+        if self.gated:
+            gate = linear_forward(x, p["W_gate"], p.get("b_gate"))          # (B, T, d_ff)
+            activated, activation_cache = self.activation_forward(gate, hidden)
+            activation_cache = (gate, activation_cache)
+        else:
+            activated, activation_cache = self.activation_forward(hidden)
+        out = linear_forward(activated, p["W_out"], p.get("b_out"))         # (B, T, C)
         self.cache = (x, hidden, activation_cache, activated)
         return self.dropout.forward(out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        """dout (B, T, C) -> dx (B, T, C); adds the gradients of W_in, b_in, W_out, b_out."""
+        """dout (B, T, C) -> dx (B, T, C); adds the gradients of the parameters."""
         x, hidden, activation_cache, activated = self.cache
         p, g = self.params, self.grads
         dout = self.dropout.backward(dout)
-        dactivated = linear_backward(dout, activated, p["W_out"], g["W_out"], g["b_out"])
-        dhidden = self.activation_backward(dactivated, hidden, activation_cache)
-        return linear_backward(dhidden, x, p["W_in"], g["W_in"], g["b_in"])
+        dactivated = linear_backward(dout, activated, p["W_out"], g["W_out"], g.get("b_out"))
+        if not self.gated:
+            dhidden = self.activation_backward(dactivated, hidden, activation_cache)
+            return linear_backward(dhidden, x, p["W_in"], g["W_in"], g.get("b_in"))
+        gate, sigmoid = activation_cache
+        dgate, dhidden = self.activation_backward(dactivated, gate, hidden, sigmoid)
+        dx = linear_backward(dhidden, x, p["W_in"], g["W_in"], g.get("b_in"))
+        dx += linear_backward(dgate, x, p["W_gate"], g["W_gate"], g.get("b_gate"))
+        return dx

@@ -94,6 +94,8 @@ FIXED_SETTINGS = {
 GPT2_ARCHITECTURE = {
     "positional": ("learned", "GPT-2 learns its position embeddings"),
     "norm_first": (True, "GPT-2 applies LayerNorm before each sub-layer (pre-LN) and once after the last block"),
+    "norm": ("layernorm", "GPT-2 normalizes with LayerNorm"),
+    "bias": (True, "every linear map and LayerNorm of GPT-2 has a bias"),
     "attention": ("full", "every GPT-2 query attends to all earlier positions"),
     "adaptive_span": (False, "GPT-2's attention heads have no learned span"),
 }
@@ -376,6 +378,9 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike) -> None:
         value = getattr(config, name)
         if value != gpt2_value:
             raise ValueError(f"{name}={value!r} has no GPT-2 equivalent ({gpt2_behaviour}: {name}={gpt2_value!r})")
+    if config.activation not in ACTIVATIONS_TO_GPT2:
+        raise ValueError(f"activation={config.activation!r} has no GPT-2 equivalent (GPT-2's feed-forward is "
+                         f"Linear, GELU, Linear: activation in {list(ACTIVATIONS_TO_GPT2)})")
     tokenizer = model.tokenizer
     if not isinstance(tokenizer, ByteBPETokenizer):
         tokenizer = None  # only GPT-2's byte-level BPE has a GPT-2 form; a character tokenizer stays behind

@@ -1,4 +1,5 @@
-"""Layer normalization over the feature axis (the residual wiring around it is in decoder.py)."""
+"""The normalizations over the feature axis: LayerNorm and RMSNorm (the residual wiring around them is in
+decoder.py, which picks one from the config)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,14 +11,15 @@ from module import Module
 class LayerNorm(Module):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics over the last axis (C).
 
-    x: (B, T, C) -> (B, T, C).  weight (the gain) starts at 1, bias at 0.
+    x: (B, T, C) -> (B, T, C).  weight (the gain) starts at 1, bias at 0; bias=False leaves the bias out.
     """
 
-    def __init__(self, d_model: int, eps: float, dtype: npt.DTypeLike) -> None:
+    def __init__(self, d_model: int, eps: float, dtype: npt.DTypeLike, bias: bool = True) -> None:
         super().__init__()
         self.eps = eps
         self.add_parameter("weight", np.ones(d_model, dtype=dtype))
-        self.add_parameter("bias", np.zeros(d_model, dtype=dtype))
+        if bias:
+            self.add_parameter("bias", np.zeros(d_model, dtype=dtype))
         self.normalized = None
         self.inverse_std = None
 
@@ -30,7 +32,8 @@ class LayerNorm(Module):
         centered *= self.inverse_std                 # in place: x_hat without another (B, T, C) array
         self.normalized = centered
         out = self.normalized * self.params["weight"]
-        out += self.params["bias"]
+        if "bias" in self.params:
+            out += self.params["bias"]
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -39,7 +42,8 @@ class LayerNorm(Module):
         # and the variance gives  dx = inverse_std * (g - mean(g) - x_hat * mean(g * x_hat)).
         batch_axes = tuple(range(dout.ndim - 1))
         self.grads["weight"] += np.sum(dout * self.normalized, axis=batch_axes)
-        self.grads["bias"] += np.sum(dout, axis=batch_axes)
+        if "bias" in self.grads:
+            self.grads["bias"] += np.sum(dout, axis=batch_axes)
         g = dout * self.params["weight"]
         dx = self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True)
         np.subtract(g, dx, out=dx)
@@ -47,3 +51,36 @@ class LayerNorm(Module):
         dx *= self.inverse_std
         return dx
 
+
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the last axis (C): LayerNorm without the centering and
+    without a bias (Zhang & Sennrich 2019; Llama, Mistral, Qwen2). The statistics stay in x's dtype, as
+    LayerNorm's do.
+
+    x: (B, T, C) -> (B, T, C).  weight (the gain) starts at 1.
+    """
+
+    def __init__(self, d_model: int, eps: float, dtype: npt.DTypeLike) -> None:
+        super().__init__()
+        self.eps = eps
+        self.add_parameter("weight", np.ones(d_model, dtype=dtype))
+        self.normalized = None
+        self.inverse_rms = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (..., C) -> (..., C), scaled to unit root mean square over C."""
+        self.inverse_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        self.normalized = x * self.inverse_rms
+        return self.normalized * self.params["weight"]
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (..., C) -> dx (..., C); adds the gradient of weight."""
+        # With x_hat = x * r, r = 1 / sqrt(mean(x^2) + eps) and g = dout * weight, differentiating r
+        # (dr/dx = -r^3 x / C) gives  dx = r * (g - x_hat * mean(g * x_hat)).
+        batch_axes = tuple(range(dout.ndim - 1))
+        self.grads["weight"] += np.sum(dout * self.normalized, axis=batch_axes)
+        g = dout * self.params["weight"]
+        dx = self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True)
+        np.subtract(g, dx, out=dx)
+        dx *= self.inverse_rms
+        return dx

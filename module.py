@@ -95,25 +95,28 @@ class Module:
             child.after_step()
 
 
-def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """y = x @ W + b.  x: (..., in), W: (in, out), b: (out,) -> (..., out).
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """y = x @ W + b.  x: (..., in), W: (in, out), b: (out,) or None (no bias) -> (..., out).
 
     Weights are stored (in, out), the layout of GPT-2's Conv1D, so checkpoints map without
     transposes. Flattening the leading axes gives BLAS one large matrix product instead of a
     stack of small ones.
     """
     out = x.reshape(-1, x.shape[-1]) @ weight
-    out += bias
+    if bias is not None:
+        out += bias
     return out.reshape(*x.shape[:-1], weight.shape[1])
 
 
 def linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray, grad_weight: np.ndarray,
-                    grad_bias: np.ndarray) -> np.ndarray:
-    """Adds dL/dW = x^T dout and dL/db = sum(dout) into the grads; returns dL/dx = dout W^T."""
+                    grad_bias: np.ndarray | None) -> np.ndarray:
+    """Adds dL/dW = x^T dout and dL/db = sum(dout) (grad_bias None: no bias) into the grads; returns
+    dL/dx = dout W^T."""
     x_2d = x.reshape(-1, x.shape[-1])
     dout_2d = dout.reshape(-1, dout.shape[-1])
     grad_weight += x_2d.T @ dout_2d
-    grad_bias += dout_2d.sum(axis=0)
+    if grad_bias is not None:
+        grad_bias += dout_2d.sum(axis=0)
     return (dout_2d @ weight.T).reshape(x.shape)
 
 

@@ -1,6 +1,6 @@
-"""Tokenizers: one id per character, and GPT-2's byte-level byte-pair encoding (BPE).
+"""Tokenizers: one id per character, GPT-2's byte-level byte-pair encoding (BPE), and Hugging Face tokenizer.json.
 
-A language model reads integer ids, not text. Two tokenizers make that translation:
+A language model reads integer ids, not text. Three tokenizers make that translation:
 
 * ``CharTokenizer`` gives each distinct character of a training text its own id (nanoGPT's
   shakespeare_char setup). Tiny vocabulary, long sequences, no learning needed.
@@ -10,6 +10,10 @@ A language model reads integer ids, not text. Two tokenizers make that translati
   join adjacent tokens into longer ones, the earliest-learned merge first. It can learn merges from a
   text (``ByteBPETokenizer.train``) or load GPT-2's own files (``ByteBPETokenizer.from_files``); with
   GPT-2's files it produces the same ids as GPT-2 (checked against tiktoken in the tests).
+* ``HFTokenizer`` runs the pipeline a Hugging Face tokenizer.json describes, for the BPE families of
+  Llama 3 / Qwen2 / SmolLM (byte-level, with their own split pattern) and Llama 2 / Mistral / TinyLlama
+  ("▁"-marked text with <0xNN> byte fallback), with the ids of the `tokenizers` library (checked against it).
+  Each supported component is reproduced exactly; any other is refused by name.
 
 GPT-2's pattern without the third-party ``regex`` package
 ----------------------------------------------------------
@@ -28,8 +32,9 @@ regex engine behind tiktoken (Rust's) means Unicode's White_Space property, list
 version count as neither letters nor numbers here, so for those alone the split can differ from
 tiktoken's.
 
-Files: both tokenizers ``save(directory)`` and ``load(directory)`` (tokenizer.json for characters; vocab.json +
-merges.txt for BPE), and ``load_tokenizer(directory)`` picks the class from what the directory holds.
+Files: every tokenizer has ``save(directory)`` and ``load(directory)`` (tokenizer.json for characters and for
+HFTokenizer; vocab.json + merges.txt for BPE), and ``load_tokenizer(directory)`` picks the class from what the
+directory holds.
 """
 from __future__ import annotations
 
@@ -228,6 +233,34 @@ def _class_body(ranges):
 
 
 @functools.cache
+def _category_ranges(max_code_point: int) -> dict[str, list[tuple[int, int]]]:
+    """Unicode general categories as code point ranges up to ``max_code_point``, from ``unicodedata``.
+
+    Keys are the two-letter categories ("Lu", "Nd", ...) and the one-letter major ones ("L", "N", ...); values
+    are [(first, last), ...] runs of consecutive code points, so a class is a few hundred ranges, not
+    thousands of characters. One pass over the code points, built once per argument.
+    """
+    runs = []  # (category, first, last), cut where the category changes
+    run_category, run_start = None, 0
+    for code_point in range(max_code_point + 1):
+        category = unicodedata.category(chr(code_point))
+        if category != run_category:
+            if run_category is not None:
+                runs.append((run_category, run_start, code_point - 1))
+            run_category, run_start = category, code_point
+    runs.append((run_category, run_start, max_code_point))
+    ranges = defaultdict(list)
+    for category, first, last in runs:
+        ranges[category].append((first, last))
+        major = ranges[category[0]]
+        if major and major[-1][1] == first - 1:  # e.g. an "Lu" run followed by an "Ll" run: one "L" range
+            major[-1] = (major[-1][0], last)
+        else:
+            major.append((first, last))
+    return dict(ranges)
+
+
+@functools.cache
 def gpt2_split_regex(max_code_point: int = sys.maxunicode) -> re.Pattern:
     """GPT-2's pre-tokenization pattern compiled for ``re`` (built once per argument, then cached).
 
@@ -235,18 +268,8 @@ def gpt2_split_regex(max_code_point: int = sys.maxunicode) -> re.Pattern:
     beyond U+FFFF range by range, hundreds of them, so ``_split_words`` uses a pattern limited to
     U+FFFF, about four times faster, for text without such characters; the splits are the same.
     """
-    # One pass over the code points, cutting them into runs of equal major category (L, N, ...).
-    runs = {"L": [], "N": []}
-    run_category, run_start = None, 0
-    for code_point in range(max_code_point + 1):
-        category = unicodedata.category(chr(code_point))[0]
-        if category != run_category:
-            if run_category in runs:
-                runs[run_category].append((run_start, code_point - 1))
-            run_category, run_start = category, code_point
-    if run_category in runs:
-        runs[run_category].append((run_start, max_code_point))
-    letters, numbers, space = _class_body(runs["L"]), _class_body(runs["N"]), _WHITE_SPACE
+    categories = _category_ranges(max_code_point)
+    letters, numbers, space = _class_body(categories["L"]), _class_body(categories["N"]), _WHITE_SPACE
     return re.compile(
         r"'s|'t|'re|'ve|'m|'ll|'d"
         f"| ?[{letters}]+| ?[{numbers}]+| ?[^{space}{letters}{numbers}]+"
@@ -543,72 +566,13 @@ class ByteBPETokenizer:
 
     def _encode_ordinary(self, text, ids):
         """Append the ids of ``text`` (no special tokens) to ``ids``."""
-        cache = self._word_cache
         for word in _split_words(text):
-            word_ids = cache.get(word)
-            if word_ids is None:
-                word_ids = self._merge_word(word.encode("utf-8"))
-                if len(word) <= _CACHED_WORD_MAX_LENGTH:
-                    if len(cache) >= _WORD_CACHE_LIMIT:
-                        cache.clear()
-                    cache[word] = word_ids
-            ids.extend(word_ids)
+            ids.extend(_word_ids(self._word_cache, word, self._merge_word))
 
-    def _merge_word(self, word_bytes):
-        """One word's bytes -> ids, as GPT-2 does it: take the applicable merge of lowest rank (the
-        earliest learned), apply it at each of its occurrences from left to right ("aaa" -> "aa a"),
-        and repeat until none applies.
-
-        Rescanning the word for each merge would cost O(n^2) for n bytes. Instead the symbols form a
-        doubly linked list (indexed by their first byte's position; a merged symbol keeps its left
-        part's index) and a heap holds (rank, position) for each adjacent pair that has a merge, so
-        the lowest rank, leftmost first, is always on top: O(n log n). A merge changes only the pairs
-        on either side of it; their new entries are pushed, and entries made stale by a merge are
-        skipped when they surface (lazy invalidation).
-        """
-        ids = [self._byte_ids[byte] for byte in word_bytes]  # a merged-away symbol's id becomes -1
-        n = len(ids)
-        following = list(range(1, n + 1))  # index of the next symbol; n past the end
-        preceding = list(range(-1, n - 1))  # index of the previous symbol; -1 before the start
-        merge_ranks = self._merge_ranks
-        heap = [(merge_ranks[pair][0], left) for left, pair in enumerate(zip(ids, ids[1:])) if pair in merge_ranks]
-        heapq.heapify(heap)
-        # GPT-2 applies one merge everywhere before choosing the next. A merge's result normally
-        # takes part only in later (higher-rank) merges; a pair of lower rank than the current one,
-        # which only a merges table in an unlearned order can create, waits for the round to end.
-        round_rank, deferred = -1, []
-
-        def queue_pair(left: int, right: int) -> None:
-            merge = merge_ranks.get((ids[left], ids[right]))
-            if merge is not None:
-                entry = (merge[0], left)
-                if merge[0] < round_rank:
-                    deferred.append(entry)
-                else:
-                    heapq.heappush(heap, entry)
-
-        while heap or deferred:
-            if deferred and (not heap or heap[0][0] != round_rank):
-                for entry in deferred:
-                    heapq.heappush(heap, entry)
-                deferred.clear()
-            rank, left = heapq.heappop(heap)
-            right = following[left]
-            if ids[left] < 0 or right == n:
-                continue  # stale: this symbol was merged into its left neighbour, or is now the last
-            merge = merge_ranks.get((ids[left], ids[right]))
-            if merge is None or merge[0] != rank:
-                continue  # stale: one side of the pair has been merged since it was queued
-            round_rank = rank
-            ids[left], ids[right] = merge[1], -1
-            after = following[right]
-            following[left] = after
-            if after < n:
-                preceding[after] = left
-                queue_pair(left, after)
-            if preceding[left] >= 0:
-                queue_pair(preceding[left], left)
-        return [token_id for token_id in ids if token_id >= 0]
+    def _merge_word(self, word):
+        """One word's UTF-8 bytes -> ids, as GPT-2 does it (``_apply_merges`` in rounds)."""
+        return _apply_merges([self._byte_ids[byte] for byte in word.encode("utf-8")], self._merge_ranks,
+                             in_rounds=True)
 
     # ------------------------------------------------------------------ files
 
@@ -678,6 +642,9 @@ class ByteBPETokenizer:
         """from_tokenizer_json once the file is read: ``data`` is its JSON value."""
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object at the top level, got {reprlib.repr(data)}")
+        if not _describes_gpt2(data):
+            raise ValueError(f"{path}: its normalizer, pre_tokenizer or model options are not GPT-2's; load it with "
+                             "tokenizer.HFTokenizer.from_tokenizer_json or tokenizer.load_tokenizer")
         model = data.get("model")
         if not isinstance(model, dict) or model.get("type") != "BPE":
             raise ValueError(f"{path}: expected a BPE tokenizer with a 'model' holding 'vocab' and 'merges', "
@@ -738,6 +705,89 @@ class ByteBPETokenizer:
         """Read a tokenizer written by ``save`` (or any directory holding GPT-2's two files)."""
         directory = Path(directory)
         return cls.from_files(directory / "vocab.json", directory / "merges.txt")
+
+
+def _word_ids(cache, word, merge_word):
+    """``merge_word(word)``, remembered in ``cache``: text repeats words a lot. The cache is emptied when full
+    and keeps no long words, so its memory stays bounded whatever the text."""
+    word_ids = cache.get(word)
+    if word_ids is None:
+        word_ids = merge_word(word)
+        if len(word) <= _CACHED_WORD_MAX_LENGTH:
+            if len(cache) >= _WORD_CACHE_LIMIT:
+                cache.clear()
+            cache[word] = word_ids
+    return word_ids
+
+
+def _apply_merges(ids, merge_ranks, in_rounds):
+    """Symbol ids -> ids after byte-pair merging. merge_ranks: {(left id, right id): (rank, joined id)}.
+
+    in_rounds=True is GPT-2's rule: take the applicable merge of lowest rank (the earliest learned), apply it
+    at each of its occurrences from left to right ("aaa" -> "aa a"), and repeat until none applies.
+    in_rounds=False is the `tokenizers` library's: always apply the single lowest-rank, leftmost pair next.
+    The two differ only for a merges table in an order no training produces (see ``round_rank`` below).
+
+    Rescanning the word for each merge would cost O(n^2) for n symbols. Instead the symbols form a
+    doubly linked list (indexed by their first position; a merged symbol keeps its left part's
+    index) and a heap holds (rank, position) for each adjacent pair that has a merge, so
+    the lowest rank, leftmost first, is always on top: O(n log n). A merge changes only the pairs
+    on either side of it; their new entries are pushed, and entries made stale by a merge are
+    skipped when they surface (lazy invalidation).
+    """
+    ids = list(ids)  # a merged-away symbol's id becomes -1
+    n = len(ids)
+    following = list(range(1, n + 1))  # index of the next symbol; n past the end
+    preceding = list(range(-1, n - 1))  # index of the previous symbol; -1 before the start
+    heap = [(merge_ranks[pair][0], left) for left, pair in enumerate(zip(ids, ids[1:])) if pair in merge_ranks]
+    heapq.heapify(heap)
+    # GPT-2 applies one merge everywhere before choosing the next. A merge's result normally
+    # takes part only in later (higher-rank) merges; a pair of lower rank than the current one,
+    # which only a merges table in an unlearned order can create, waits for the round to end.
+    round_rank, deferred = -1, []
+
+    def queue_pair(left: int, right: int) -> None:
+        merge = merge_ranks.get((ids[left], ids[right]))
+        if merge is not None:
+            entry = (merge[0], left)
+            if merge[0] < round_rank:
+                deferred.append(entry)
+            else:
+                heapq.heappush(heap, entry)
+
+    while heap or deferred:
+        if deferred and (not heap or heap[0][0] != round_rank):
+            for entry in deferred:
+                heapq.heappush(heap, entry)
+            deferred.clear()
+        rank, left = heapq.heappop(heap)
+        right = following[left]
+        if ids[left] < 0 or right == n:
+            continue  # stale: this symbol was merged into its left neighbour, or is now the last
+        merge = merge_ranks.get((ids[left], ids[right]))
+        if merge is None or merge[0] != rank:
+            continue  # stale: one side of the pair has been merged since it was queued
+        if in_rounds:
+            round_rank = rank
+        ids[left], ids[right] = merge[1], -1
+        after = following[right]
+        following[left] = after
+        if after < n:
+            preceding[after] = left
+            queue_pair(left, after)
+        if preceding[left] >= 0:
+            queue_pair(preceding[left], left)
+    return [token_id for token_id in ids if token_id >= 0]
+
+
+def _describes_gpt2(data):
+    """Whether a tokenizer.json's pipeline is GPT-2's: no normalizer, the ByteLevel pre-tokenizer with GPT-2's
+    pattern (or none given, as in minimal files), and a plain BPE model. Anything else is an HFTokenizer."""
+    pre_tokenizer = data.get("pre_tokenizer", {"type": "ByteLevel"})
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    return (data.get("normalizer") is None and _type_of(pre_tokenizer) == "ByteLevel"
+            and pre_tokenizer.get("add_prefix_space", False) is False and pre_tokenizer.get("use_regex", True) is True
+            and not any(model.get(option) for option in ("byte_fallback", "ignore_merges", "dropout")))
 
 
 def _pop_most_frequent(heap, pair_counts):
@@ -805,8 +855,565 @@ def _special_regex(special_tokens):
     return re.compile("|".join(re.escape(token) for token in ordered))
 
 
-# Either tokenizer, for type hints (a Union, not "|": Python 3.9 evaluates an alias at run time).
-Tokenizer = Union[CharTokenizer, ByteBPETokenizer]
+# ----------------------------------------------------------------------------------------------
+# Hugging Face tokenizer.json pipelines (Llama, Mistral, Qwen2, SmolLM)
+#
+# The `tokenizers` library runs text through: added tokens (cut out first) -> normalizer -> pre-tokenizers
+# -> model (BPE) -> post-processor, and ids back through a decoder. HFTokenizer reads that description from
+# tokenizer.json and reproduces each supported step exactly; any other component is refused by name,
+# because an approximation would load silently and encode differently from the model's training.
+
+_METASPACE = "\u2581"  # "▁", SentencePiece's visible space
+
+
+def _refuse(source, what, value, supported):
+    raise ValueError(f"{source}: unsupported {what} {reprlib.repr(value)}; supported: {supported}")
+
+
+def _type_of(component):
+    return component.get("type") if isinstance(component, dict) else None
+
+
+def _flatten(component, key, source):
+    """A Sequence component -> its parts (the list under ``key``); any other component -> [it]; null -> []."""
+    if component is None:
+        return []
+    if _type_of(component) == "Sequence":
+        parts = component.get(key)
+        if not isinstance(parts, list):
+            raise ValueError(f"{source}: a Sequence needs a list under {key!r}, got {reprlib.repr(component)}")
+        return [part for inner in parts for part in _flatten(inner, key, source)]
+    return [component]
+
+
+def _string_pattern(component, source):
+    """The literal of a {"String": ...} pattern; a {"Regex": ...} one is refused (Replace, Split(String))."""
+    pattern = component.get("pattern")
+    if not (isinstance(pattern, dict) and list(pattern) == ["String"] and isinstance(pattern["String"], str)
+            and pattern["String"]):
+        _refuse(source, f"{component.get('type')} pattern", pattern, 'a non-empty {"String": ...}')
+    return pattern["String"]
+
+
+# ---- the regex of a Split pre-tokenizer, from Oniguruma's dialect into Python's `re`
+
+_SUPPORTED_REGEX = (r"literals, escaped punctuation, \r \n \t \f \v \xHH \x{H..}, \s \S, \p{X} / \P{X} for the "
+                    r"general categories L M N P S Z and their subcategories, [...] and [^...] classes, "
+                    r"alternation, groups ( ) (?: ) (?i: ) (?= ) (?! ) (?<= ) (?<! ) (?> ), quantifiers "
+                    r"* + ? {n,m} with lazy ? or possessive + forms, and '.'")
+_REGEX_GROUP_OPENERS = ("(?:", "(?i:", "(?=", "(?!", "(?<=", "(?<!", "(?>")
+
+
+@functools.cache
+def _multi_character_folds():
+    """Strings that one character case-folds into ("ss" for "ß", "st" for "ﬆ"): a case-insensitive group
+    spelling one matches that character in Oniguruma but not in Python's `re` (simple folding only)."""
+    return frozenset(fold for fold in (chr(code_point).casefold() for code_point in range(sys.maxunicode + 1))
+                     if len(fold) > 1)
+
+
+def _translate_regex(pattern, max_code_point):
+    """An Oniguruma pattern (what tokenizers' Split uses) -> the same pattern for Python's `re`.
+
+    \\p{L} and friends become classes built from ``unicodedata`` (as for GPT-2's pattern), \\s becomes Unicode's
+    White_Space (Oniguruma's \\s), and the rest passes through where both engines agree. Anything whose meaning
+    differs or is not checked here (^ and $, which are line anchors in Oniguruma; {n,m}+, which Oniguruma's Ruby
+    syntax reads as a repeated interval and Python as possessive; \\d, \\w, \\b, named groups, nested classes)
+    raises ValueError naming it.
+    """
+    categories = _category_ranges(max_code_point)
+    out, position, in_class, class_start = [], 0, False, 0
+    case_insensitive_depth, depth, literal_run = None, 0, []
+
+    def refuse(construct):
+        raise ValueError(f"the Split regex {pattern!r} uses {construct} at position {position}, which this "
+                         f"tokenizer does not translate; supported: {_SUPPORTED_REGEX}")
+
+    def category_body(name):
+        if not (len(name) in (1, 2) and name[0] in "LMNPSZ" and name in categories):
+            refuse(f"the property \\p{{{name}}}")
+        return _class_body(categories[name])
+
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            escape = pattern[position + 1 : position + 2]
+            if escape in ("p", "P"):
+                match = re.match(r"\{\^?([A-Za-z]+)\}|([A-Za-z])", pattern[position + 2 :])
+                if match is None:
+                    refuse("a malformed \\p")
+                negated = (escape == "P") != match.group(0).startswith("{^")
+                body = category_body(match.group(1) or match.group(2))
+                if in_class and negated:
+                    refuse("a negated property inside a class")
+                out.append(body if in_class else f"[{'^' if negated else ''}{body}]")
+                position += 2 + match.end()
+                continue
+            if escape == "s":
+                out.append(_WHITE_SPACE if in_class else f"[{_WHITE_SPACE}]")
+            elif escape == "S" and not in_class:
+                out.append(f"[^{_WHITE_SPACE}]")
+            elif escape in ("r", "n", "t", "f", "v"):
+                out.append("\\" + escape)
+                literal_run.append(escape)
+            elif escape == "x":
+                match = re.match(r"\{([0-9A-Fa-f]{1,6})\}|([0-9A-Fa-f]{2})", pattern[position + 2 :])
+                if match is None or int(match.group(1) or match.group(2), 16) > sys.maxunicode:
+                    refuse("a malformed \\x escape")
+                out.append(_class_member(int(match.group(1) or match.group(2), 16)))
+                position += 2 + match.end()
+                continue
+            elif escape and not escape.isalnum() and escape.isascii():
+                out.append("\\" + escape)
+                literal_run.append(escape)
+            else:
+                refuse(f"the escape \\{escape}")
+            position += 2
+            continue
+        if in_class:
+            if char == "[" or pattern.startswith("&&", position):
+                refuse("a nested class or class operation")
+            if char == "]" and position > class_start:
+                in_class = False
+            out.append(char)
+            position += 1
+            continue
+        if char == "[":
+            in_class = True
+            class_start = position + 1 + (pattern[position + 1 : position + 2] == "^")
+            if pattern[class_start : class_start + 1] == "]":
+                refuse("a class starting with ]")
+            out.append(pattern[position:class_start])
+            position = class_start
+            continue
+        if char == "(":
+            opener = next((o for o in _REGEX_GROUP_OPENERS if pattern.startswith(o, position)), None)
+            if opener is None and pattern.startswith("(?", position):
+                refuse(f"the group {pattern[position:position + 4]!r}...")
+            opener = opener or "("
+            depth += 1
+            if opener == "(?i:" and case_insensitive_depth is None:
+                case_insensitive_depth = depth
+            out.append(opener)
+            position += len(opener)
+            continue
+        if char == ")":
+            if case_insensitive_depth == depth:
+                case_insensitive_depth = None
+            depth -= 1
+        if char in "^$":
+            refuse(f"the anchor {char!r}")
+        if char == "+" and out and out[-1] == "}":  # a "}" that no escape consumed closes an interval
+            refuse("'{n,m}+'")
+        if case_insensitive_depth is not None:
+            literal_run.append(char)
+            if any(fold in "".join(literal_run).casefold() for fold in _multi_character_folds()):
+                refuse("a case-insensitive group spelling a multi-character case folding")
+        else:
+            literal_run.clear()
+        out.append(char)
+        position += 1
+    if in_class:
+        refuse("an unterminated class")
+    try:
+        return re.compile("".join(out))
+    except re.error as error:
+        raise ValueError(f"the Split regex {pattern!r} is not a valid pattern ({error})") from None
+
+
+@functools.cache
+def _split_regex(pattern, max_code_point):
+    return _translate_regex(pattern, max_code_point)
+
+
+def _split_isolated(piece, regex):
+    """The `tokenizers` "Isolated" split: every match and every stretch between matches is a piece (empty
+    ones dropped)."""
+    pieces, start = [], 0
+    for match in regex.finditer(piece):
+        if match.start() > start:
+            pieces.append(piece[start : match.start()])
+        if match.end() > match.start():
+            pieces.append(match.group())
+        start = match.end()
+    if start < len(piece):
+        pieces.append(piece[start:])
+    return pieces
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer.json with a BPE model, encoding and decoding exactly as the `tokenizers`
+    library does (checked against it in tests/test_tokenizer_hf.py). Two families are supported:
+
+    * byte-level BPE with its own split pattern (Llama 3, Qwen2, SmolLM): pre_tokenizer
+      Sequence[Split(Regex), ByteLevel(use_regex=false)] or Sequence[Digits, ByteLevel], an optional NFC
+      normalizer, decoder ByteLevel;
+    * BPE over "▁"-marked text with byte fallback (Llama 2, Mistral, TinyLlama): normalizer
+      Sequence[Prepend("▁"), Replace(" ", "▁")] or pre_tokenizer Metaspace, ``<0xNN>`` tokens for characters
+      outside the vocabulary, decoder Sequence[Replace("▁", " "), ByteFallback, Fuse, Strip(" ", 1, 0)].
+
+    Added tokens (special or not) are cut out of the text before anything else, wherever they appear, as the
+    library does (so, unlike ``ByteBPETokenizer.encode``, text can spell a special token). ``encode`` adds what
+    a TemplateProcessing post-processor adds (Llama's leading <s>) unless ``add_special_tokens=False``.
+    Build one with ``HFTokenizer.from_tokenizer_json(path)`` or ``tokenizer.load_tokenizer(directory)``.
+    """
+
+    def __init__(self, data: dict, source: str = "tokenizer.json") -> None:
+        """data: the parsed tokenizer.json; source names it in error messages."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object at the top level, got {reprlib.repr(data)}")
+        for key in ("truncation", "padding"):
+            if data.get(key) is not None:
+                _refuse(source, key, data[key], "null (ids are never truncated or padded here)")
+        self._data = data
+        self._vocab = self._read_model(data.get("model"), source)
+        self._normalizers = [self._read_normalizer(part, source)
+                             for part in _flatten(data.get("normalizer"), "normalizers", source)]
+        self._read_added_tokens(data.get("added_tokens", []), source)
+        self._pre_tokenizers = [self._read_pre_tokenizer(part, source)
+                                for part in _flatten(data.get("pre_tokenizer"), "pretokenizers", source)]
+        self._decoders = [self._read_decoder(part, source)
+                          for part in _flatten(data.get("decoder"), "decoders", source)]
+        self._prefix_ids, self._suffix_ids = self._read_post_processor(data.get("post_processor"), source)
+        self._word_cache = {}  # pre-tokenized word -> its ids
+
+    # ------------------------------------------------------------------ reading tokenizer.json
+
+    def _read_model(self, model, source):
+        if _type_of(model) != "BPE":
+            _refuse(source, "model", _type_of(model) if isinstance(model, dict) else model, "BPE")
+        for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(key) not in (None, ""):
+                _refuse(source, f"model.{key}", model[key], "null")
+        vocab, merges = model.get("vocab"), model.get("merges")
+        if not isinstance(vocab, dict) or not all(type(token_id) is int for token_id in vocab.values()):
+            raise ValueError(f"{source}: model.vocab must be an object mapping token text to integer ids")
+        if not isinstance(merges, list):
+            raise ValueError(f"{source}: model.merges must be a list, got {reprlib.repr(merges)}")
+        self._merge_ranks = {}
+        for rank, merge in enumerate(merges):
+            parts = merge.split(" ") if isinstance(merge, str) else merge
+            if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(part, str) for part in parts)):
+                raise ValueError(f"{source}: merge {rank} is {reprlib.repr(merge)}; expected a 'left right' "
+                                 "string or a [left, right] pair of strings")
+            for part in (*parts, parts[0] + parts[1]):
+                if part not in vocab:
+                    raise ValueError(f"{source}: merge {rank} {parts!r} needs {part!r}, not in model.vocab")
+            pair = (vocab[parts[0]], vocab[parts[1]])
+            if pair in self._merge_ranks:
+                raise ValueError(f"{source}: merge {rank} {parts!r} repeats merge {self._merge_ranks[pair][0]}")
+            self._merge_ranks[pair] = (rank, vocab[parts[0] + parts[1]])
+        self._ignore_merges = model.get("ignore_merges", False) is True
+        self._fuse_unk = model.get("fuse_unk", False) is True
+        unk_token = model.get("unk_token")
+        if unk_token is not None and unk_token not in vocab:
+            raise ValueError(f"{source}: model.unk_token {unk_token!r} is not in model.vocab")
+        self._unk_id = None if unk_token is None else vocab[unk_token]
+        self._byte_fallback_ids = None
+        if model.get("byte_fallback", False) is True:
+            names = [f"<0x{byte:02X}>" for byte in range(256)]
+            missing = [name for name in names if name not in vocab]
+            if missing:
+                raise ValueError(f"{source}: model.byte_fallback needs the 256 byte tokens <0x00> .. <0xFF> in "
+                                 f"model.vocab; {len(missing)} are missing, e.g. {missing[0]}")
+            self._byte_fallback_ids = [vocab[name] for name in names]
+        return dict(vocab)
+
+    def _read_added_tokens(self, added_tokens, source):
+        if not isinstance(added_tokens, list):
+            raise ValueError(f"{source}: added_tokens must be a list, got {reprlib.repr(added_tokens)}")
+        self._added, self._normalized_added, self._special = {}, {}, set()
+        defaults = {"single_word": False, "lstrip": False, "rstrip": False}
+        for index, added in enumerate(added_tokens):
+            content, token_id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
+            if not isinstance(content, str) or not content or type(token_id) is not int:
+                raise ValueError(f"{source}: added token {index} must be an object with a non-empty string "
+                                 f"'content' and an integer 'id', got {reprlib.repr(added)}")
+            for flag, default in defaults.items():
+                if added.get(flag, default) is not default:
+                    _refuse(source, f"{flag!r} of added token {content!r}", added[flag], default)
+            if self._vocab.setdefault(content, token_id) != token_id:
+                raise ValueError(f"{source}: added token {content!r} has id {token_id}, but model.vocab gives it "
+                                 f"{self._vocab[content]}")
+            special = added.get("special", False) is True
+            # The library's default: special tokens match the raw text, others match their normalized form in
+            # the normalized text.
+            if added.get("normalized", not special) is True:
+                self._normalized_added[self._normalize(content)] = token_id
+            else:
+                self._added[content] = token_id
+            if special:
+                self._special.add(content)
+        self._id_to_token = [None] * len(self._vocab)
+        for token, token_id in self._vocab.items():
+            if not 0 <= token_id < len(self._id_to_token) or self._id_to_token[token_id] is not None:
+                raise ValueError(f"{source}: token ids must be 0 .. {len(self._vocab) - 1}, each used once; "
+                                 f"{token!r} has id {token_id}")
+            self._id_to_token[token_id] = token
+        for normalized_content, token_id in self._normalized_added.items():
+            self._id_to_token[token_id] = normalized_content  # what the library decodes such a token as
+
+    def _read_normalizer(self, part, source):
+        kind = _type_of(part)
+        if kind in ("NFC", "NFD", "NFKC", "NFKD"):
+            return functools.partial(unicodedata.normalize, kind)
+        if kind == "Prepend" and isinstance(part.get("prepend"), str):
+            prefix = part["prepend"]
+            return lambda text: prefix + text  # never called on empty text, which the library leaves alone
+        if kind == "Replace" and isinstance(part.get("content"), str):
+            old = _string_pattern(part, source)
+            return lambda text: text.replace(old, part["content"])
+        _refuse(source, "normalizer", part, 'NFC, NFD, NFKC, NFKD, Prepend, Replace({"String": ...}) and '
+                "Sequence of them")
+
+    def _read_pre_tokenizer(self, part, source):
+        """One pre-tokenizer -> a function (piece, first) -> pieces; ``first`` says the piece starts the text."""
+        kind = _type_of(part)
+        if kind == "ByteLevel" and part.get("add_prefix_space", True) is False:
+            byte_to_char = gpt2_byte_to_char()
+
+            def byte_level(piece, first):
+                words = _split_words(piece) if part.get("use_regex", True) is True else [piece]
+                return ["".join(byte_to_char[byte] for byte in word.encode("utf-8")) for word in words]
+            return byte_level
+        if kind == "Split" and part.get("behavior") == "Isolated" and part.get("invert", False) is False:
+            pattern = part.get("pattern")
+            if isinstance(pattern, dict) and list(pattern) == ["Regex"] and isinstance(pattern["Regex"], str):
+                _split_regex(pattern["Regex"], sys.maxunicode)  # refuses an untranslatable pattern now
+                regex_text = pattern["Regex"]
+
+                def split(piece, first):
+                    limit = 0xFFFF if _BEYOND_BMP.search(piece) is None else sys.maxunicode  # see _split_words
+                    return _split_isolated(piece, _split_regex(regex_text, limit))
+                return split
+            literal = re.compile(re.escape(_string_pattern(part, source)))
+            return lambda piece, first: _split_isolated(piece, literal)
+        if kind == "Digits":
+            digits = _split_regex(r"\p{N}" if part.get("individual_digits") is True else r"\p{N}+", sys.maxunicode)
+            return lambda piece, first: _split_isolated(piece, digits)
+        if kind == "Metaspace" and isinstance(part.get("replacement"), str) and len(part["replacement"]) == 1 \
+                and part.get("prepend_scheme") in ("first", "always", "never"):
+            mark, scheme = part["replacement"], part["prepend_scheme"]
+            splitter = re.compile(f"(?={re.escape(mark)})") if part.get("split", True) is True else None
+
+            def metaspace(piece, first):
+                piece = piece.replace(" ", mark)
+                if not piece.startswith(mark) and (scheme == "always" or (scheme == "first" and first)):
+                    piece = mark + piece
+                return [word for word in splitter.split(piece) if word] if splitter else [piece]
+            return metaspace
+        _refuse(source, "pre_tokenizer", part, "ByteLevel(add_prefix_space=false), Split(Regex or String, "
+                "behavior Isolated, invert false), Digits, Metaspace(prepend_scheme first/always/never) and "
+                "Sequence of them")
+
+    def _read_decoder(self, part, source):
+        """One decoder -> a function from the list of token strings to a new list, as the library chains them."""
+        kind = _type_of(part)
+        if kind == "ByteLevel":
+            def byte_level(tokens):
+                # A token with a character outside GPT-2's byte alphabet (an added token) stands for its UTF-8.
+                data = b"".join(_text_to_token(token) or token.encode("utf-8") for token in tokens)
+                return [data.decode("utf-8", errors="replace")]
+            return byte_level
+        if kind == "Replace" and isinstance(part.get("content"), str):
+            old, new = _string_pattern(part, source), part["content"]
+            return lambda tokens: [token.replace(old, new) for token in tokens]
+        if kind == "ByteFallback":
+            return _byte_fallback
+        if kind == "Fuse":
+            return lambda tokens: ["".join(tokens)]
+        if kind == "Strip" and isinstance(part.get("content"), str) and len(part["content"]) == 1 \
+                and all(type(part.get(key)) is int and part[key] >= 0 for key in ("start", "stop")):
+            return functools.partial(_strip_tokens, part["content"], part["start"], part["stop"])
+        if kind == "Metaspace" and isinstance(part.get("replacement"), str) \
+                and part.get("prepend_scheme") in ("first", "always", "never"):
+            mark, strip_first = part["replacement"], part["prepend_scheme"] != "never"
+
+            def metaspace(tokens):
+                # As the library does it: with a prepend scheme, *every* mark of the first token is dropped
+                # (not only its leading one); elsewhere each mark is a space.
+                return [token.replace(mark, "" if index == 0 and strip_first else " ")
+                        for index, token in enumerate(tokens)]
+            return metaspace
+        _refuse(source, "decoder", part, 'ByteLevel, Replace({"String": ...}), ByteFallback, Fuse, Strip, '
+                "Metaspace and Sequence of them")
+
+    def _read_post_processor(self, component, source):
+        """-> (ids before, ids after) the text's ids; only TemplateProcessing's "single" template adds any."""
+        before, after = [], []
+        for part in _flatten(component, "processors", source):
+            if _type_of(part) == "ByteLevel":  # it only trims offsets, which ids do not carry
+                continue
+            if _type_of(part) != "TemplateProcessing" or not isinstance(part.get("single"), list) or before or after:
+                _refuse(source, "post_processor", part, "ByteLevel, one TemplateProcessing, Sequence of them")
+            seen_text = False
+            for item in part["single"]:
+                kind, value = next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else (None, None)
+                if kind == "Sequence" and isinstance(value, dict) and value.get("id") == "A":
+                    seen_text = True
+                    continue
+                special = (part.get("special_tokens") or {}).get(value.get("id")) if kind == "SpecialToken" \
+                    and isinstance(value, dict) else None
+                ids = special.get("ids") if isinstance(special, dict) else None
+                if not (isinstance(ids, list) and all(type(token_id) is int and 0 <= token_id < self.vocab_size
+                                                      for token_id in ids)):
+                    _refuse(source, "post_processor template item", item, "SpecialToken (with valid ids) and "
+                            "Sequence A")
+                (after if seen_text else before).extend(ids)
+        return before, after
+
+    # ------------------------------------------------------------------ encoding and decoding
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_token)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """{special added token: id} (a copy)."""
+        return {content: self._vocab[content] for content in self._special}
+
+    @property
+    def eot_token(self) -> int | None:
+        """Id of "<|endoftext|>" if this vocabulary has it (SmolLM, Qwen2), else None."""
+        return self._vocab.get("<|endoftext|>")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """str -> ids, as ``tokenizers.Tokenizer.encode(text, add_special_tokens).ids``."""
+        text = _without_lone_surrogates(_check_text(text))
+        ids = list(self._prefix_ids) if add_special_tokens else []
+        start = 0
+        for match in _special_regex(frozenset(self._added)).finditer(text) if self._added else ():
+            self._encode_piece(text[start : match.start()], start == 0, ids)
+            ids.append(self._added[match.group()])
+            start = match.end()
+        self._encode_piece(text[start:], start == 0, ids)
+        if add_special_tokens:
+            ids.extend(self._suffix_ids)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> str, as ``tokenizers.Tokenizer.decode(ids, skip_special_tokens=False)``."""
+        tokens = _look_up(self._id_to_token, ids)
+        if not self._decoders:
+            return " ".join(tokens)
+        for decoder in self._decoders:
+            tokens = decoder(tokens)
+        return "".join(tokens)
+
+    def _encode_piece(self, piece, first, ids):
+        """Append the ids of ``piece``, a stretch of text between added tokens; ``first``: it starts the text."""
+        if not piece:
+            return
+        piece = self._normalize(piece)
+        start = 0
+        for match in _special_regex(frozenset(self._normalized_added)).finditer(piece) if self._normalized_added \
+                else ():
+            self._encode_words(piece[start : match.start()], first and start == 0, ids)
+            ids.append(self._normalized_added[match.group()])
+            start = match.end()
+        self._encode_words(piece[start:], first and start == 0, ids)
+
+    def _normalize(self, text):
+        for normalize in self._normalizers:
+            text = normalize(text)
+        return text
+
+    def _encode_words(self, piece, first, ids):
+        if not piece:
+            return
+        words = [(piece, first)]
+        for pre_tokenize in self._pre_tokenizers:
+            words = [(word, word_first and index == 0) for word, word_first in words
+                     for index, word in enumerate(pre_tokenize(word, word_first))]
+        for word, _ in words:
+            ids.extend(_word_ids(self._word_cache, word, self._bpe))
+
+    def _bpe(self, word):
+        """One pre-tokenized word -> ids: its characters as symbols (unknown ones as their <0xNN> bytes with
+        byte fallback, else the unknown token, fused when fuse_unk, else dropped, as the library does), then
+        the library's merges."""
+        vocab = self._vocab
+        if self._ignore_merges and word in vocab:
+            return [vocab[word]]
+        symbols, previous_unknown = [], False
+        for char in word:
+            token_id = vocab.get(char)
+            if token_id is not None:
+                symbols.append(token_id)
+            elif self._byte_fallback_ids is not None:
+                symbols.extend(self._byte_fallback_ids[byte] for byte in char.encode("utf-8"))
+            elif self._unk_id is not None and not (self._fuse_unk and previous_unknown):
+                symbols.append(self._unk_id)
+            previous_unknown = token_id is None
+        return _apply_merges(symbols, self._merge_ranks, in_rounds=False)
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike) -> HFTokenizer:
+        """Load a tokenizer.json file; ValueError naming the file and any unsupported component."""
+        path = Path(path)
+        return cls(read_json(_existing_file(path)), str(path))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serializable description (the tokenizer.json itself), for checkpoints and token caches."""
+        return {"type": "hf_tokenizer_json", "tokenizer_json": self._data}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HFTokenizer:
+        """The tokenizer ``to_dict`` described."""
+        if not isinstance(data, dict) or data.get("type") != "hf_tokenizer_json":
+            raise ValueError("expected a dict with 'type': 'hf_tokenizer_json', as written by HFTokenizer.to_dict")
+        return cls(data.get("tokenizer_json"), "the 'tokenizer_json' entry")
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the tokenizer.json this tokenizer was read from into ``directory`` (whole or not at all)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_text(directory / CHAR_TOKENIZER_FILE, json.dumps(self._data, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> HFTokenizer:
+        """Read ``directory``/tokenizer.json."""
+        return cls.from_tokenizer_json(Path(directory) / CHAR_TOKENIZER_FILE)
+
+
+def _byte_fallback(tokens):
+    """The ByteFallback decoder: each run of <0xNN> tokens becomes the text of its bytes, or one U+FFFD per
+    byte when they are not valid UTF-8 (not Python's per-subsequence replacement)."""
+    result, pending = [], []
+    for token in tokens + [None]:
+        if token is not None and len(token) == 6 and re.fullmatch(r"<0x[0-9A-F]{2}>", token):
+            pending.append(int(token[3:5], 16))
+            continue
+        if pending:
+            try:
+                result.append(bytes(pending).decode("utf-8"))
+            except UnicodeDecodeError:
+                result.extend("\ufffd" * len(pending))
+            pending = []
+        if token is not None:
+            result.append(token)
+    return result
+
+
+def _strip_tokens(content, start, stop, tokens):
+    """The Strip decoder: up to ``start`` leading and ``stop`` trailing ``content`` characters off each token."""
+    stripped = []
+    for token in tokens:
+        head = 0
+        while head < min(start, len(token)) and token[head] == content:
+            head += 1
+        tail = len(token)
+        while len(token) - tail < stop and tail > head and token[tail - 1] == content:
+            tail -= 1
+        stripped.append(token[head:tail])
+    return stripped
+
+
+# Any tokenizer, for type hints (a Union, not "|": Python 3.9 evaluates an alias at run time).
+Tokenizer = Union[CharTokenizer, ByteBPETokenizer, HFTokenizer]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -818,8 +1425,9 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
 
     vocab.json + merges.txt: a ByteBPETokenizer (GPT-2's files, as ``ByteBPETokenizer.save`` and Hugging Face
     write them). Otherwise tokenizer.json: a CharTokenizer when it says ``"type": "char"`` (what
-    ``CharTokenizer.save`` writes), else the `tokenizers` library's format (what current transformers saves for
-    GPT-2). One of vocab.json and merges.txt without the other (and no tokenizer.json) is a damaged directory: a
+    ``CharTokenizer.save`` writes), else the `tokenizers` library's format: a ByteBPETokenizer for GPT-2's pipeline
+    (what current transformers saves for GPT-2), an HFTokenizer for any other (Llama, Mistral, Qwen2, SmolLM).
+    One of vocab.json and merges.txt without the other (and no tokenizer.json) is a damaged directory: a
     FileNotFoundError naming the missing one, not a model silently loaded without its tokenizer.
     """
     directory = Path(directory)
@@ -831,6 +1439,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
         data = read_json(single_file)
         if isinstance(data, dict) and data.get("type") == "char":
             return CharTokenizer._from_file_data(data, single_file)
+        if isinstance(data, dict) and not _describes_gpt2(data):
+            return HFTokenizer(data, str(single_file))
         return ByteBPETokenizer._from_tokenizer_json_data(data, single_file)
     if vocab_file.is_file() or merges_file.is_file():
         present, absent = (vocab_file, merges_file) if vocab_file.is_file() else (merges_file, vocab_file)
@@ -860,8 +1470,8 @@ def _read_text(path):
 
 
 def tokenizer_from_dict(data: dict) -> Tokenizer:
-    """Either tokenizer from its ``to_dict()`` form, told apart by the 'type' entry."""
-    kinds = {"char": CharTokenizer, "byte_bpe": ByteBPETokenizer}
+    """Any tokenizer from its ``to_dict()`` form, told apart by the 'type' entry."""
+    kinds = {"char": CharTokenizer, "byte_bpe": ByteBPETokenizer, "hf_tokenizer_json": HFTokenizer}
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in kinds:
         raise ValueError(f"unknown tokenizer type {kind!r}; expected one of {sorted(kinds)}")

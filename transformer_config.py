@@ -18,7 +18,8 @@ IGNORE_INDEX = -100
 
 CHOICES = {
     "positional": ("sinusoidal", "learned"),
-    "activation": ("gelu_tanh", "gelu"),
+    "norm": ("layernorm", "rmsnorm"),
+    "activation": ("gelu_tanh", "gelu", "swiglu"),
     "init": ("xavier", "gpt2"),
     "dtype": ("float32", "float64"),
     "attention": ("full", "sliding", "strided", "fixed"),
@@ -33,8 +34,14 @@ class TransformerConfig:
 
     positional: "sinusoidal" (fixed, Vaswani et al.) or "learned" (GPT-2).
     norm_first: False = post-LN, LayerNorm(x + sublayer(x)); True = pre-LN, x + sublayer(LayerNorm(x)).
+    norm: "layernorm" or "rmsnorm" (x / sqrt(mean(x^2) + eps) * gain: no centering, no bias; Llama's), for
+          every norm of the model; layer_norm_eps is the eps of either.
     tie_weights: the output projection reuses the token embedding matrix.
-    activation: "gelu_tanh" (GPT-2's approximation) or "gelu" (exact, through erf).
+    activation: "gelu_tanh" (GPT-2's approximation), "gelu" (exact, through erf), or "swiglu" (Llama's gated
+          feed-forward W_out(silu(W_gate x) * W_in x), with d_ff the gated width; it has a third matrix, so
+          keeping the parameter count of a GELU feed-forward takes d_ff = 2/3 of its width).
+    bias: False leaves out the biases of the feed-forward's linear maps and of LayerNorm. The attention
+          projections keep theirs for now (attention.py does not take the option yet).
     init: "xavier" (Glorot uniform for every matrix) or "gpt2" (normal(0, 0.02), residual
           projections scaled by 1/sqrt(2 * n_layers)); see TransformerLM.initialize.
     attention: which keys query i sees (sparse_attention.py); every pattern is causal.
@@ -58,8 +65,10 @@ class TransformerConfig:
     dropout: float = 0.1
     positional: str = "sinusoidal"
     norm_first: bool = False
+    norm: str = "layernorm"
     tie_weights: bool = True
     activation: str = "gelu_tanh"
+    bias: bool = True
     layer_norm_eps: float = 1e-5
     init: str = "xavier"
     dtype: str = "float32"
@@ -98,7 +107,7 @@ class TransformerConfig:
         for name, allowed in CHOICES.items():
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("norm_first", "tie_weights", "adaptive_span"):
+        for name in ("norm_first", "tie_weights", "bias", "adaptive_span"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self.check_attention_fields()
@@ -143,6 +152,13 @@ class TransformerConfig:
         computed without allocating anything (to check a file's tensors before building the model).
         Every parameter has dtype self.numpy_dtype. C = d_model."""
         C = self.d_model
+        norm = {"weight": (C,), "bias": (C,)} if self.norm == "layernorm" and self.bias else {"weight": (C,)}
+        feed_forward = {"W_in": (C, self.d_ff), "b_in": (self.d_ff,)}
+        if self.activation == "swiglu":
+            feed_forward.update({"W_gate": (C, self.d_ff), "b_gate": (self.d_ff,)})
+        feed_forward.update({"W_out": (self.d_ff, C), "b_out": (C,)})
+        if not self.bias:
+            feed_forward = {name: shape for name, shape in feed_forward.items() if not name.startswith("b_")}
         shapes = {} if self.tie_weights else {"lm_head.weight": (self.vocab_size, C)}
         shapes["decoder.token_embedding.weight"] = (self.vocab_size, C)
         if self.positional == "learned":
@@ -153,12 +169,10 @@ class TransformerConfig:
                            block + "attention.W_out": (C, C), block + "attention.b_out": (C,)})
             if self.adaptive_span:
                 shapes[block + "attention.pattern.span"] = (self.n_heads,)
-            shapes.update({block + "norm1.weight": (C,), block + "norm1.bias": (C,),
-                           block + "feed_forward.W_in": (C, self.d_ff), block + "feed_forward.b_in": (self.d_ff,),
-                           block + "feed_forward.W_out": (self.d_ff, C), block + "feed_forward.b_out": (C,),
-                           block + "norm2.weight": (C,), block + "norm2.bias": (C,)})
+            for sublayer, sublayer_shapes in (("norm1.", norm), ("feed_forward.", feed_forward), ("norm2.", norm)):
+                shapes.update({block + sublayer + name: shape for name, shape in sublayer_shapes.items()})
         if self.norm_first:
-            shapes.update({"decoder.final_norm.weight": (C,), "decoder.final_norm.bias": (C,)})
+            shapes.update({"decoder.final_norm." + name: shape for name, shape in norm.items()})
         return shapes
 
     @classmethod

@@ -14,7 +14,9 @@ def make_model(seed=0, **overrides):
     return TransformerLM(TransformerConfig(**{**config, **overrides}), seed=seed)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, positional="learned", tie_weights=False)])
+@pytest.mark.parametrize("overrides", [{}, dict(norm_first=True, positional="learned", tie_weights=False),
+                                       dict(norm="rmsnorm", activation="swiglu", bias=False, norm_first=True,
+                                            tie_weights=False, dtype="float32")])
 def test_save_then_load_gives_identical_logits(tmp_path, overrides):
     model = make_model(**overrides)
     ids = np.random.default_rng(0).integers(0, 17, (2, 9))

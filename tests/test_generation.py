@@ -6,6 +6,7 @@ from transformer_lm import TransformerConfig, TransformerLM
 
 VARIANTS = [dict(norm_first=norm_first, positional=positional)
             for norm_first in (False, True) for positional in ("sinusoidal", "learned")]
+VARIANTS.append(dict(norm_first=True, positional="learned", norm="rmsnorm", activation="swiglu", bias=False))
 
 
 def make_model(seed=0, **overrides):

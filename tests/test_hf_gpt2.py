@@ -172,7 +172,10 @@ def test_save_then_load_round_trips_exactly(tmp_path):
     (dict(positional="sinusoidal"), "positional='sinusoidal'"),
     (dict(attention="sliding", window=4), "attention='sliding'"),
     (dict(adaptive_span=True, max_span=8), "adaptive_span=True"),
-], ids=["post-LN", "sinusoidal", "sliding-window", "adaptive-span"])
+    (dict(norm="rmsnorm"), "norm='rmsnorm' has no GPT-2 equivalent"),
+    (dict(activation="swiglu"), "activation='swiglu' has no GPT-2 equivalent"),
+    (dict(bias=False), "bias=False has no GPT-2 equivalent"),
+], ids=["post-LN", "sinusoidal", "sliding-window", "adaptive-span", "rmsnorm", "swiglu", "no-bias"])
 def test_save_refuses_architectures_gpt2_cannot_express(overrides, setting, tmp_path):
     with pytest.raises(ValueError, match=setting):
         random_model(**overrides).save_pretrained(tmp_path / "out")

@@ -446,6 +446,9 @@ OPTIONS = [dict(tie_weights=tie, positional=positional, norm_first=norm_first, a
                 max_span=4 if span else None)
            for tie in (True, False) for positional in ("learned", "sinusoidal") for norm_first in (True, False)
            for span in (True, False)]
+OPTIONS += [dict(norm=norm, activation=activation, bias=bias, norm_first=norm_first)
+            for norm in ("layernorm", "rmsnorm") for activation in ("gelu_tanh", "swiglu") for bias in (True, False)
+            for norm_first in (True, False)]
 
 
 @pytest.mark.parametrize("options", OPTIONS)

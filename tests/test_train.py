@@ -307,6 +307,15 @@ def test_adaptive_span_training_logs_and_clamps_the_spans(corpus, tmp_path, caps
     assert np.all((spans >= 0.0) & (spans <= 8.0))
 
 
+def test_llama_component_flags_reach_the_model_and_a_resumed_run_keeps_them(corpus, tmp_path):
+    tiny_run(corpus, tmp_path / "run", "--max-iters", 2, "--norm", "rmsnorm", "--activation", "swiglu", "--no-bias")
+    from checkpoint import load_config
+    config = load_config(tmp_path / "run")
+    assert (config.norm, config.activation, config.bias) == ("rmsnorm", "swiglu", False)
+    tiny_run(corpus, tmp_path / "run", "--resume", "--max-iters", 3)
+    assert load_config(tmp_path / "run") == config
+
+
 def test_attention_pattern_flags_reach_the_model(corpus, tmp_path):
     tiny_run(corpus, tmp_path / "run", "--max-iters", 2, "--attention", "sliding", "--window", 4)
     from checkpoint import load_config

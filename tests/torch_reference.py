@@ -26,8 +26,15 @@ def reference_loss(torch, config, params, ids, targets):
         x = x + sinusoidal(torch, T, C, dtype)
     approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
+    def linear(h, prefix, weight, bias):
+        """h @ W + b, without b where the model has none (bias=False)."""
+        out = h @ params[f"{prefix}.{weight}"]
+        return out if f"{prefix}.{bias}" not in params else out + params[f"{prefix}.{bias}"]
+
     def layer_norm(h, prefix):
-        return F.layer_norm(h, (C,), params[prefix + ".weight"], params[prefix + ".bias"], config.layer_norm_eps)
+        if config.norm == "rmsnorm":
+            return F.rms_norm(h, (C,), params[prefix + ".weight"], config.layer_norm_eps)
+        return F.layer_norm(h, (C,), params[prefix + ".weight"], params.get(prefix + ".bias"), config.layer_norm_eps)
 
     def attention(h, prefix):
         q, k, v = (h @ params[prefix + ".W_qkv"] + params[prefix + ".b_qkv"]).split(C, dim=-1)
@@ -38,8 +45,11 @@ def reference_loss(torch, config, params, ids, targets):
         return out @ params[prefix + ".W_out"] + params[prefix + ".b_out"]
 
     def feed_forward(h, prefix):
-        hidden = F.gelu(h @ params[prefix + ".W_in"] + params[prefix + ".b_in"], approximate=approximate)
-        return hidden @ params[prefix + ".W_out"] + params[prefix + ".b_out"]
+        if config.activation == "swiglu":
+            hidden = F.silu(linear(h, prefix, "W_gate", "b_gate")) * linear(h, prefix, "W_in", "b_in")
+        else:
+            hidden = F.gelu(linear(h, prefix, "W_in", "b_in"), approximate=approximate)
+        return linear(hidden, prefix, "W_out", "b_out")
 
     for layer in range(config.n_layers):
         prefix = f"decoder.blocks.{layer}"
