@@ -3,6 +3,8 @@
 One kernel, `attend`, computes softmax(q k^T) v for any arrangement of queries and keys and any mask.
 An AttentionPattern decides which keys each query may see and arranges queries and keys for the
 kernel; the base class here is full causal attention, sparse_attention.py holds the sparse patterns.
+Long sequences run full causal attention in a TiledLayout: tiles of queries against the keys they may see,
+so neither the masked half nor any (T, T) matrix is computed.
 """
 from __future__ import annotations
 
@@ -57,6 +59,14 @@ def attend(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blo
     weights, which are then renormalized to sum to 1 (adaptive span; Sukhbaatar et al. 2019).
     dropout: the Dropout for the attention weights. Returns out (..., Tq, D) and the cache for attend_backward.
     """
+    cache = attention_weights(scaled_queries, keys, values, blocked, dropout, span_mask)
+    return cache.dropped_weights @ values, cache
+
+
+def attention_weights(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blocked: np.ndarray,
+                      dropout: Dropout, span_mask: np.ndarray | None = None) -> KernelCache:
+    """`attend` without its last product: the cache attend_backward needs, the weights (dropped out) included.
+    A tile's backward recomputes this alone, since it needs the weights but not the output."""
     scores = scaled_queries @ keys.swapaxes(-1, -2)                     # (..., Tq, Tk)
     np.copyto(scores, MASKED_SCORE, where=blocked)
     probs = softmax(scores)                                              # rows sum to 1
@@ -66,9 +76,8 @@ def attend(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blo
         norms = weights.sum(axis=-1, keepdims=True) + RENORMALIZATION_EPS
         weights /= norms
     dropped_weights = dropout.forward(weights)
-    cache = KernelCache(scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights,
-                        dropout.scaled_mask)
-    return dropped_weights @ values, cache
+    return KernelCache(scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights,
+                       dropout.scaled_mask)
 
 
 def attend_backward(dout: np.ndarray, cache: KernelCache
@@ -132,6 +141,57 @@ def sequence_layout(seq_len: int) -> DenseLayout:
     return DenseLayout(positions, positions)
 
 
+class TiledLayout:
+    """Queries in tiles of `tile_size` rows, each against the keys it may see: from its first query's earliest
+    key (0, or the start of a window of the `window` most recent keys) to its last query. The rules are causal,
+    so the tiles above the diagonal (and left of a window's band) are never computed, and no (T, T) matrix
+    exists: scores (B, h, tile_size, <= T) at a time. Each tile holds whole rows of the score matrix, so the
+    kernel's ordinary softmax is exact per tile (no online softmax needed); the backward recomputes a tile's
+    weights unless they were kept. `tiles`: (query slice, key slice, the tile's DenseLayout) per tile.
+    """
+
+    def __init__(self, seq_len: int, tile_size: int, window: int | None = None) -> None:
+        positions = np.arange(seq_len)
+        self.tiles = []
+        self.num_scores = 0  # per batch row and head, over all tiles
+        for start in range(0, seq_len, tile_size):
+            stop = min(start + tile_size, seq_len)
+            first_key = 0 if window is None else max(0, start - window + 1)
+            tile = DenseLayout(positions[start:stop], positions[first_key:stop])
+            self.tiles.append((slice(start, stop), slice(first_key, stop), tile))
+            self.num_scores += (stop - start) * (stop - first_key)
+
+    def gather_queries(self, x: np.ndarray) -> np.ndarray:
+        """(B, h, T, D) -> itself: the tiles are slices of it."""
+        return x
+
+    gather_keys = scatter_queries = scatter_keys = gather_queries
+
+
+def tile_dropout(dropout: Dropout, seed: int, tile: int) -> Dropout:
+    """A Dropout like `dropout` that draws from a generator seeded by (seed, tile): the backward's
+    recomputation of a tile draws the very mask its forward drew, whatever ran in between."""
+    copy = Dropout(dropout.p, np.random.default_rng([seed, tile]))
+    copy.training = dropout.training
+    return copy
+
+
+# What the backward of a tiled head group needs: the kernel's inputs, the group's rule, the Dropout and the
+# seed of its tiles' generators, and the tiles' kernel caches when they were small enough to keep (else None:
+# the backward recomputes them tile by tile).
+TiledCache = namedtuple("TiledCache", "scaled_queries keys values blocked dropout seed tile_caches")
+
+# Tile size and the sequence length from which full causal attention runs tiled: below it one dense (T, T)
+# score matrix costs as little (GPT-2 small's layer at T=256) or less. Measured with `python bench.py --only tiles`
+# (README, "Tiled attention"): tiles of 64 and 128 tie, 256 is slower.
+TILE_SIZE = 128
+TILED_FROM = 512
+# In training, a tiled head group keeps its tiles' weights for the backward while they hold at most this many
+# scores (B * heads * scores per head: 2^24 float32 are 64 MiB), which saves recomputing them; longer sequences
+# recompute, so their memory stays O(T * tile).
+KEPT_SCORES = 2**24
+
+
 # A slice of heads, the rule `blocked(query_positions, key_positions)` they follow, and `layout(seq_len)`,
 # the arrangement in which they compute only the blocks the rule may allow.
 HeadGroup = namedtuple("HeadGroup", "heads blocked layout")
@@ -146,6 +206,9 @@ class AttentionPattern(Module):
     """
 
     window = None
+    # Full causal attention runs in tiles of tile_size queries from tiled_from tokens on (None: never), keeping
+    # the tiles' weights for the backward up to kept_scores scores (KEPT_SCORES).
+    tile_size, tiled_from, kept_scores = TILE_SIZE, TILED_FROM, KEPT_SCORES
 
     def __init__(self) -> None:
         super().__init__()
@@ -153,7 +216,15 @@ class AttentionPattern(Module):
 
     def head_groups(self, n_heads: int) -> list[HeadGroup]:
         """The head groups of this pattern for n_heads heads: here one, all heads, full causal attention."""
-        return [HeadGroup(slice(0, n_heads), causal_blocked, sequence_layout)]
+        return [HeadGroup(slice(0, n_heads), causal_blocked, self.causal_layout)]
+
+    def uses_tiles(self, seq_len: int) -> bool:
+        """Whether full and windowed attention over seq_len tokens run in a TiledLayout."""
+        return self.tiled_from is not None and seq_len >= self.tiled_from
+
+    def causal_layout(self, seq_len: int) -> Layout:
+        """Full causal attention's layout: tiled from `tiled_from` tokens on, dense below."""
+        return TiledLayout(seq_len, self.tile_size) if self.uses_tiles(seq_len) else sequence_layout(seq_len)
 
     def span_mask(self, layout: Layout) -> np.ndarray | None:
         """Weights broadcastable to the layout's scores that multiply the attention weights; None: no
@@ -177,6 +248,9 @@ class AttentionPattern(Module):
                 layout = group.layout(scaled_queries.shape[2])
             else:
                 layout = DenseLayout(query_positions, key_positions)
+            if isinstance(layout, TiledLayout):
+                outputs.append(self.attend_tiles(group, layout, scaled_queries, keys, values, dropout))
+                continue
             blocked = group.blocked(layout.query_positions, layout.key_positions) | (layout.key_positions < 0)
             out, kernel_cache = attend(layout.gather_queries(scaled_queries[:, group.heads]),
                                        layout.gather_keys(keys[:, group.heads]),
@@ -190,6 +264,11 @@ class AttentionPattern(Module):
         """dout (B, H, T, D) -> gradients with respect to scaled_queries, keys and values, (B, H, T, D) each."""
         dscaled_queries, dkeys, dvalues = [], [], []
         for heads, layout, kernel_cache in self.cache:
+            if isinstance(layout, TiledLayout):
+                for grads, group_grad in zip((dscaled_queries, dkeys, dvalues),
+                                             self.attend_tiles_backward(dout[:, heads], layout, kernel_cache)):
+                    grads.append(group_grad)
+                continue
             dgroup_queries, dgroup_keys, dgroup_values, dspan_mask = attend_backward(
                 layout.gather_queries(dout[:, heads]), kernel_cache)
             self.span_mask_backward(dspan_mask, kernel_cache.span_mask)
@@ -199,6 +278,52 @@ class AttentionPattern(Module):
         if len(self.cache) == 1:  # one head group (full attention): nothing to join, no copy
             return dscaled_queries[0], dkeys[0], dvalues[0]
         return tuple(np.concatenate(grads, axis=1) for grads in (dscaled_queries, dkeys, dvalues))
+
+    def tile_weights(self, index: int, rows: slice, keys: slice, tile: DenseLayout, cache: TiledCache
+                     ) -> KernelCache:
+        """The kernel's weights for one tile of a TiledLayout (queries `rows` against `keys`), drawn with
+        the tile's own dropout generator: the same in the forward and in the backward's recomputation."""
+        return attention_weights(cache.scaled_queries[:, :, rows], cache.keys[:, :, keys], cache.values[:, :, keys],
+                                 cache.blocked(tile.query_positions, tile.key_positions),
+                                 tile_dropout(cache.dropout, cache.seed, index), self.span_mask(tile))
+
+    def attend_tiles(self, group: HeadGroup, layout: TiledLayout, scaled_queries: np.ndarray, keys: np.ndarray,
+                     values: np.ndarray, dropout: Dropout) -> np.ndarray:
+        """One head group's attention in a TiledLayout, tile by tile: (B, h, T, D) each -> (B, h, T, D).
+        Keeps only the inputs (a TiledCache), never a tile's weights."""
+        dropping = dropout.training and dropout.p > 0.0
+        # One draw from the model's generator per group seeds every tile's mask.
+        seed = int(dropout.rng.integers(2**63)) if dropping else 0
+        batch_size, group_heads = scaled_queries.shape[0], len(range(scaled_queries.shape[1])[group.heads])
+        keep = self.training and batch_size * group_heads * layout.num_scores <= self.kept_scores
+        cache = TiledCache(scaled_queries[:, group.heads], keys[:, group.heads], values[:, group.heads],
+                           group.blocked, dropout, seed, [] if keep else None)
+        out = np.empty_like(cache.scaled_queries)
+        for index, (rows, tile_keys, tile) in enumerate(layout.tiles):
+            weights = self.tile_weights(index, rows, tile_keys, tile, cache)
+            np.matmul(weights.dropped_weights, weights.values, out=out[:, :, rows])
+            if keep:
+                cache.tile_caches.append(weights)
+        self.cache.append((group.heads, layout, cache))
+        return out
+
+    def attend_tiles_backward(self, dout: np.ndarray, layout: TiledLayout, cache: TiledCache
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """dout (B, h, T, D) -> gradients of attend_tiles with respect to scaled_queries, keys and values,
+        (B, h, T, D) each; a key seen by several tiles adds their gradients."""
+        dscaled_queries = np.empty_like(cache.scaled_queries)
+        dkeys, dvalues = np.zeros_like(cache.keys), np.zeros_like(cache.values)
+        for index, (rows, tile_keys, tile) in enumerate(layout.tiles):
+            if cache.tile_caches is None:
+                weights = self.tile_weights(index, rows, tile_keys, tile, cache)
+            else:
+                weights = cache.tile_caches[index]
+            dtile_queries, dtile_keys, dtile_values, dspan_mask = attend_backward(dout[:, :, rows], weights)
+            self.span_mask_backward(dspan_mask, weights.span_mask)
+            dscaled_queries[:, :, rows] = dtile_queries
+            dkeys[:, :, tile_keys] += dtile_keys
+            dvalues[:, :, tile_keys] += dtile_values
+        return dscaled_queries, dkeys, dvalues
 
     def dense_weights(self) -> np.ndarray:
         """The attention weights (B, H, Tq, Tk) of the last forward pass, which must have run with

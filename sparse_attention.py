@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from attention import AttentionPattern, HeadGroup, Layout, causal_blocked, sequence_layout
+from attention import AttentionPattern, HeadGroup, Layout, TiledLayout, causal_blocked, sequence_layout
 from transformer_config import TransformerConfig
 
 if TYPE_CHECKING:  # for the hints only: transformer_lm imports this module (through decoder.py)
@@ -149,14 +149,19 @@ class SummaryLayout:
         return dx
 
 
-def window_group(heads: slice, window: int) -> HeadGroup:
+def window_group(heads: slice, window: int, pattern: AttentionPattern) -> HeadGroup:
     """Heads that see the `window` most recent keys, their own included: key j for query i when
-    i - window < j <= i. Computed in blocks of `window` queries against their own block and the one
-    before, O(T * window) time and memory."""
+    i - window < j <= i. Computed in the pattern's tiles along the band (long sequences: pattern.uses_tiles), or
+    in blocks of `window` queries against their own block and the one before: O(T * window) time and memory."""
     def blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
         return causal_blocked(query_positions, key_positions) | (query_positions - key_positions >= window)
 
-    return HeadGroup(heads, blocked, lambda seq_len: blocked_layout(seq_len, window, lookback=1))
+    def layout(seq_len: int) -> Layout:
+        if pattern.uses_tiles(seq_len):
+            return TiledLayout(seq_len, pattern.tile_size, window)
+        return blocked_layout(seq_len, window, lookback=1)
+
+    return HeadGroup(heads, blocked, layout)
 
 
 class SlidingWindow(AttentionPattern):
@@ -172,7 +177,7 @@ class SlidingWindow(AttentionPattern):
         self.window = window
 
     def head_groups(self, n_heads: int) -> list[HeadGroup]:
-        return [window_group(slice(0, n_heads), self.window)]
+        return [window_group(slice(0, n_heads), self.window, self)]
 
 
 class Strided(AttentionPattern):
@@ -197,7 +202,7 @@ class Strided(AttentionPattern):
 
     def head_groups(self, n_heads: int) -> list[HeadGroup]:
         half = n_heads // 2
-        return [window_group(slice(0, half), self.stride),
+        return [window_group(slice(0, half), self.stride, self),
                 HeadGroup(slice(half, n_heads), self.column_blocked, self.column_layout)]
 
 
@@ -265,7 +270,7 @@ class AdaptiveSpan(AttentionPattern):
         return max(1, min(self.max_span, longest + self.ramp))
 
     def head_groups(self, n_heads: int) -> list[HeadGroup]:
-        return [window_group(slice(0, n_heads), self.window)]
+        return [window_group(slice(0, n_heads), self.window, self)]
 
     def span_mask(self, layout: Layout) -> np.ndarray:
         """m(x) = clamp((R + z_h - x) / R, 0, 1) at the distances x of the layout's pairs, on the head axis."""
