@@ -336,19 +336,21 @@ class CausalSelfAttention(Module):
 
     Parameters: W_qkv (C, 3C) and b_qkv (3C,), the fused query/key/value projection, whose output
     columns are [queries | keys | values], each split into heads of head_dim columns;
-    W_out (C, C) and b_out (C,), the output projection. pattern: which keys each query sees
-    (an AttentionPattern; default full causal attention).
+    W_out (C, C) and b_out (C,), the output projection; bias=False leaves out both biases. pattern: which
+    keys each query sees (an AttentionPattern; default full causal attention).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, rng: np.random.Generator, dtype: npt.DTypeLike,
-                 pattern: AttentionPattern | None = None) -> None:
+                 pattern: AttentionPattern | None = None, bias: bool = True) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.add_parameter("W_qkv", np.zeros((d_model, 3 * d_model), dtype=dtype))
-        self.add_parameter("b_qkv", np.zeros(3 * d_model, dtype=dtype))
+        if bias:
+            self.add_parameter("b_qkv", np.zeros(3 * d_model, dtype=dtype))
         self.add_parameter("W_out", np.zeros((d_model, d_model), dtype=dtype))
-        self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
+        if bias:
+            self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
         self.pattern = AttentionPattern() if pattern is None else pattern
         self.attention_dropout = Dropout(dropout, rng)
         self.residual_dropout = Dropout(dropout, rng)
@@ -372,7 +374,7 @@ class CausalSelfAttention(Module):
         """
         B, T, C = x.shape
         p = self.params
-        qkv = linear_forward(x, p["W_qkv"], p["b_qkv"])                  # (B, T, 3C)
+        qkv = linear_forward(x, p["W_qkv"], p.get("b_qkv"))                  # (B, T, 3C)
         queries, keys, values = self.split_heads(qkv)                     # (B, H, T, D) each
         # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x Tk).
         scaled_queries = queries * (1.0 / math.sqrt(self.head_dim))
@@ -390,7 +392,7 @@ class CausalSelfAttention(Module):
             heads_out = self.pattern.forward(scaled_queries, keys, values, self.attention_dropout,
                                              query_positions, key_positions)  # (B, H, T, D)
         merged = heads_out.transpose(0, 2, 1, 3).reshape(B, T, C)        # heads side by side
-        out = linear_forward(merged, p["W_out"], p["b_out"])
+        out = linear_forward(merged, p["W_out"], p.get("b_out"))
         self.cache = (x, merged)
         return self.residual_dropout.forward(out)
 
@@ -400,13 +402,13 @@ class CausalSelfAttention(Module):
         B, T, C = x.shape
         p, g = self.params, self.grads
         dout = self.residual_dropout.backward(dout)
-        dmerged = linear_backward(dout, merged, p["W_out"], g["W_out"], g["b_out"])
+        dmerged = linear_backward(dout, merged, p["W_out"], g["W_out"], g.get("b_out"))
         dheads_out = dmerged.reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         dscaled_queries, dkeys, dvalues = self.pattern.backward(dheads_out)
         dqueries = dscaled_queries * (1.0 / math.sqrt(self.head_dim))
         # Stack back into the fused layout (B, T, 3, H, D) -> (B, T, 3C), the inverse of split_heads.
         dqkv = np.stack([dqueries, dkeys, dvalues]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
-        return linear_backward(dqkv, x, p["W_qkv"], g["W_qkv"], g["b_qkv"])
+        return linear_backward(dqkv, x, p["W_qkv"], g["W_qkv"], g.get("b_qkv"))
 
 
 class KVCache:

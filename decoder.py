@@ -52,7 +52,7 @@ class DecoderBlock(Module):
         dtype = config.numpy_dtype
         self.norm_first = config.norm_first
         self.attention = CausalSelfAttention(config.d_model, config.n_heads, config.dropout, rng, dtype,
-                                             pattern=make_pattern(config))
+                                             pattern=make_pattern(config), bias=config.bias)
         self.norm1 = make_norm(config)
         self.feed_forward = FeedForward(config.d_model, config.d_ff, config.activation,
                                         config.dropout, rng, dtype, bias=config.bias)

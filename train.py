@@ -165,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--norm", choices=CHOICES["norm"], help="LayerNorm or RMSNorm (Llama's: gain only)")
     add("--activation", choices=CHOICES["activation"], help="feed-forward: GELU (tanh form or exact) or Llama's "
         "gated SwiGLU (its hidden width is 4 * --d-model too)")
-    add("--bias", action=argparse.BooleanOptionalAction, help="biases in the feed-forward and LayerNorm (the "
-        "attention keeps its biases for now)")
+    add("--bias", action=argparse.BooleanOptionalAction, help="biases in every linear map and LayerNorm")
     add("--init", choices=CHOICES["init"])
     add("--attention", choices=CHOICES["attention"], help="attention pattern")
     add("--window", type=int, help="keys each query sees with --attention sliding (itself included)")

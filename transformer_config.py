@@ -40,8 +40,7 @@ class TransformerConfig:
     activation: "gelu_tanh" (GPT-2's approximation), "gelu" (exact, through erf), or "swiglu" (Llama's gated
           feed-forward W_out(silu(W_gate x) * W_in x), with d_ff the gated width; it has a third matrix, so
           keeping the parameter count of a GELU feed-forward takes d_ff = 2/3 of its width).
-    bias: False leaves out the biases of the feed-forward's linear maps and of LayerNorm. The attention
-          projections keep theirs for now (attention.py does not take the option yet).
+    bias: False leaves out the biases of every linear map (attention and feed-forward) and of LayerNorm.
     init: "xavier" (Glorot uniform for every matrix) or "gpt2" (normal(0, 0.02), residual
           projections scaled by 1/sqrt(2 * n_layers)); see TransformerLM.initialize.
     attention: which keys query i sees (sparse_attention.py); every pattern is causal.
@@ -165,8 +164,9 @@ class TransformerConfig:
             shapes["decoder.position_embedding.weight"] = (self.max_seq_len, C)
         for layer in range(self.n_layers):
             block = f"decoder.blocks.{layer}."
-            shapes.update({block + "attention.W_qkv": (C, 3 * C), block + "attention.b_qkv": (3 * C,),
-                           block + "attention.W_out": (C, C), block + "attention.b_out": (C,)})
+            attention = {"W_qkv": (C, 3 * C), "b_qkv": (3 * C,), "W_out": (C, C), "b_out": (C,)}
+            shapes.update({block + "attention." + name: shape for name, shape in attention.items()
+                           if self.bias or not name.startswith("b_")})
             if self.adaptive_span:
                 shapes[block + "attention.pattern.span"] = (self.n_heads,)
             for sublayer, sublayer_shapes in (("norm1.", norm), ("feed_forward.", feed_forward), ("norm2.", norm)):

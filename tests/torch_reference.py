@@ -37,12 +37,12 @@ def reference_loss(torch, config, params, ids, targets):
         return F.layer_norm(h, (C,), params[prefix + ".weight"], params.get(prefix + ".bias"), config.layer_norm_eps)
 
     def attention(h, prefix):
-        q, k, v = (h @ params[prefix + ".W_qkv"] + params[prefix + ".b_qkv"]).split(C, dim=-1)
+        q, k, v = linear(h, prefix, "W_qkv", "b_qkv").split(C, dim=-1)
         q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
         scores = q @ k.transpose(-2, -1) / math.sqrt(C // H)
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
-        return out @ params[prefix + ".W_out"] + params[prefix + ".b_out"]
+        return linear(out, prefix, "W_out", "b_out")
 
     def feed_forward(h, prefix):
         if config.activation == "swiglu":
