@@ -161,12 +161,6 @@ class TiledLayout:
             self.tiles.append((slice(start, stop), slice(first_key, stop), tile))
             self.num_scores += (stop - start) * (stop - first_key)
 
-    def gather_queries(self, x: np.ndarray) -> np.ndarray:
-        """(B, h, T, D) -> itself: the tiles are slices of it."""
-        return x
-
-    gather_keys = scatter_queries = scatter_keys = gather_queries
-
 
 def tile_dropout(dropout: Dropout, seed: int, tile: int) -> Dropout:
     """A Dropout like `dropout` that draws from a generator seeded by (seed, tile): the backward's
@@ -222,7 +216,7 @@ class AttentionPattern(Module):
         """Whether full and windowed attention over seq_len tokens run in a TiledLayout."""
         return self.tiled_from is not None and seq_len >= self.tiled_from
 
-    def causal_layout(self, seq_len: int) -> Layout:
+    def causal_layout(self, seq_len: int) -> Layout | TiledLayout:
         """Full causal attention's layout: tiled from `tiled_from` tokens on, dense below."""
         return TiledLayout(seq_len, self.tile_size) if self.uses_tiles(seq_len) else sequence_layout(seq_len)
 
@@ -290,13 +284,14 @@ class AttentionPattern(Module):
     def attend_tiles(self, group: HeadGroup, layout: TiledLayout, scaled_queries: np.ndarray, keys: np.ndarray,
                      values: np.ndarray, dropout: Dropout) -> np.ndarray:
         """One head group's attention in a TiledLayout, tile by tile: (B, h, T, D) each -> (B, h, T, D).
-        Keeps only the inputs (a TiledCache), never a tile's weights."""
+        Keeps the inputs (a TiledCache) and, in training while they hold at most kept_scores scores, the tiles'
+        kernel caches."""
         dropping = dropout.training and dropout.p > 0.0
         # One draw from the model's generator per group seeds every tile's mask.
         seed = int(dropout.rng.integers(2**63)) if dropping else 0
-        batch_size, group_heads = scaled_queries.shape[0], len(range(scaled_queries.shape[1])[group.heads])
-        keep = self.training and batch_size * group_heads * layout.num_scores <= self.kept_scores
-        cache = TiledCache(scaled_queries[:, group.heads], keys[:, group.heads], values[:, group.heads],
+        group_queries = scaled_queries[:, group.heads]
+        keep = self.training and math.prod(group_queries.shape[:2]) * layout.num_scores <= self.kept_scores
+        cache = TiledCache(group_queries, keys[:, group.heads], values[:, group.heads],
                            group.blocked, dropout, seed, [] if keep else None)
         out = np.empty_like(cache.scaled_queries)
         for index, (rows, tile_keys, tile) in enumerate(layout.tiles):

@@ -259,6 +259,15 @@ def peak_rss_megabytes() -> float:
     raise OSError("no VmHWM in /proc/self/status: the memory benchmark needs Linux")
 
 
+def run_probe(flag: str, *arguments: str) -> dict:
+    """Runs `bench.py flag *arguments` (a probe) in a new one-thread process; returns the JSON of its last line."""
+    completed = subprocess.run([sys.executable, __file__, flag, *arguments], capture_output=True, text=True,
+                               env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
+    if completed.returncode:
+        raise SystemExit(f"{flag.lstrip('-').replace('-', ' ')} failed:\n{completed.stderr}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def memory_probe(side: str) -> None:
     """Runs in its own process: peak RSS growth over three training steps at the mid-size config."""
     import numpy as np
@@ -279,11 +288,7 @@ def bench_memory(threads: int, quick: bool, repeats: int, context: dict[str, flo
     growth = {}
     for side in ("ours", "theirs"):
         progress(f"  peak memory of three training steps, {side}, in a new process ...")
-        completed = subprocess.run([sys.executable, __file__, "--memory-probe", side], capture_output=True, text=True,
-                                   env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
-        if completed.returncode:
-            raise SystemExit(f"memory probe failed:\n{completed.stderr}")
-        growth[side] = json.loads(completed.stdout.strip().splitlines()[-1])["megabytes"]
+        growth[side] = run_probe("--memory-probe", side)["megabytes"]
     minimum = analytic_training_bytes(config, MID_BATCH) / 2**20
     yield dict(section="peak memory", case="training step, mid: L6 H6 C384, B8 T256 (RSS growth)",
                ours=[growth["ours"]], theirs=[growth["theirs"]],
@@ -372,13 +377,15 @@ def bench_safetensors(threads: int, quick: bool, repeats: int,
 ATTENTION_D_MODEL, ATTENTION_HEADS, WINDOW = 256, 4, 256
 
 
-def attention_layer(pattern: AttentionPattern | None, seed: int = 0) -> CausalSelfAttention:
+def attention_layer(pattern: AttentionPattern | None, seed: int = 0, d_model: int = ATTENTION_D_MODEL,
+                    n_heads: int = ATTENTION_HEADS) -> CausalSelfAttention:
+    """A float32 attention layer without dropout, its weights drawn from N(0, 0.02^2)."""
     import numpy as np
 
     from attention import CausalSelfAttention
 
     rng = np.random.default_rng(seed)
-    layer = CausalSelfAttention(ATTENTION_D_MODEL, ATTENTION_HEADS, 0.0, rng, np.float32, pattern=pattern)
+    layer = CausalSelfAttention(d_model, n_heads, 0.0, rng, np.float32, pattern=pattern)
     for value in layer.params.values():
         value[...] = rng.normal(0.0, 0.02, value.shape)
     return layer
@@ -436,16 +443,9 @@ def tiled_attention_layer(d_model: int, n_heads: int, tile_size: int | None, win
                           ) -> CausalSelfAttention:
     """A float32 attention layer, full causal or a sliding window of `window` keys, that runs tiles of tile_size
     queries at any length (None: never, the dense or window-block layout)."""
-    import numpy as np
-
-    from attention import CausalSelfAttention
     from sparse_attention import SlidingWindow
 
-    rng = np.random.default_rng(0)
-    pattern = None if window is None else SlidingWindow(window)
-    layer = CausalSelfAttention(d_model, n_heads, 0.0, rng, np.float32, pattern)
-    for value in layer.params.values():
-        value[...] = rng.normal(0.0, 0.02, value.shape)
+    layer = attention_layer(None if window is None else SlidingWindow(window), d_model=d_model, n_heads=n_heads)
     layer.pattern.tiled_from = None if tile_size is None else 1
     layer.pattern.tile_size = tile_size
     return layer
@@ -495,12 +495,7 @@ def bench_tiles(threads: int, quick: bool, repeats: int, context: dict[str, floa
         megabytes = {}
         for tile_size in ([TILE_SIZE] if seq_len > 16384 else [TILE_SIZE, 0]):
             progress(f"  tiles: peak memory, T={seq_len}, {'tile ' + str(tile_size) if tile_size else 'dense'} ...")
-            completed = subprocess.run([sys.executable, __file__, "--attention-memory-probe", str(seq_len),
-                                        str(tile_size)], capture_output=True, text=True,
-                                       env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
-            if completed.returncode:
-                raise SystemExit(f"attention memory probe failed:\n{completed.stderr}")
-            megabytes[tile_size] = json.loads(completed.stdout.strip().splitlines()[-1])["megabytes"]
+            megabytes[tile_size] = run_probe("--attention-memory-probe", str(seq_len), str(tile_size))["megabytes"]
         dense = megabytes.get(0)
         yield dict(section="tiled attention, peak memory", ours=[megabytes[TILE_SIZE]],
                    theirs=None if dense is None else [dense],

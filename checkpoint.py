@@ -463,8 +463,6 @@ def read_tokenizer(path: Path, verify: Callable[[str], bool]) -> Tokenizer | Non
     try:
         return read_tokenizer_files(path)
     except (OSError, TypeError, ValueError, KeyError) as error:
-        if isinstance(error, CheckpointError):
-            raise
         raise CheckpointError(f"the tokenizer files in {path} are not valid ({error})") from None
 
 
@@ -481,8 +479,10 @@ def load_config(directory: str | os.PathLike) -> TransformerConfig:
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
-    """The checkpoint's tokenizer, or None when it was saved without one."""
-    return read_checkpoint(directory).tokenizer
+    """The tokenizer of the newest complete checkpoint in `directory`, or None when it was saved without one
+    (only the tokenizer files are read: train.py's tokens before a resumed run reads the rest)."""
+    path = resolve_directory(directory)
+    return read_tokenizer(path, checksum_verifier(path))
 
 
 def load_state(directory: str | os.PathLike, training: bool = False) -> dict:

@@ -124,7 +124,6 @@ def evaluate(model: TransformerLM, ids: Sequence[int] | np.ndarray, tokenizer: T
     was_training = model.training
     model.eval()  # no dropout, and no adaptive-span penalty added to the loss
     total_nats, tokens_scored, windows_done = 0.0, 0, 0
-    scored = np.zeros(len(ids), dtype=bool)
     try:
         for batch in window_batches(windows, batch_size):
             inputs = np.stack([ids[window.begin:window.end - 1] for window in batch])       # (B, T)
@@ -133,8 +132,6 @@ def evaluate(model: TransformerLM, ids: Sequence[int] | np.ndarray, tokenizer: T
             # loss() is the mean over the scored targets (its sum is taken in float64); times count = their sum.
             total_nats += model.loss(inputs, targets) * count
             tokens_scored += count
-            for window in batch:
-                scored[window.first_scored:window.end] = True
             windows_done += len(batch)
             if progress is not None:
                 progress(windows_done, len(windows))
@@ -151,7 +148,8 @@ def evaluate(model: TransformerLM, ids: Sequence[int] | np.ndarray, tokenizer: T
         if int(ids.max()) >= len(byte_lengths):
             raise ValueError(f"token id {int(ids.max())} is outside the tokenizer's {len(byte_lengths)} tokens: "
                              "these ids were not produced by this tokenizer")
-        n_bytes = int(byte_lengths[ids[scored]].sum())
+        # The windows score disjoint stretches [first_scored, end), so their bytes add up.
+        n_bytes = int(sum(byte_lengths[ids[window.first_scored:window.end]].sum() for window in windows))
         bits_per_byte = total_nats / math.log(2) / n_bytes
     # exp overflows a float past 709 nats per token, which only a broken model reaches.
     perplexity = math.exp(nats_per_token) if nats_per_token < 709.0 else math.inf

@@ -156,7 +156,7 @@ def window_group(heads: slice, window: int, pattern: AttentionPattern) -> HeadGr
     def blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
         return causal_blocked(query_positions, key_positions) | (query_positions - key_positions >= window)
 
-    def layout(seq_len: int) -> Layout:
+    def layout(seq_len: int) -> Layout | TiledLayout:
         if pattern.uses_tiles(seq_len):
             return TiledLayout(seq_len, pattern.tile_size, window)
         return blocked_layout(seq_len, window, lookback=1)

@@ -663,15 +663,8 @@ class ByteBPETokenizer:
                 raise ValueError(f"{path}: merge {index} is {reprlib.repr(merge)}; expected a 'left right' string "
                                  f"or a [left, right] pair of strings")
             merge_lines.append(merge)
-        added_tokens = data.get("added_tokens", [])
-        if not isinstance(added_tokens, list):
-            raise ValueError(f"{path}: added_tokens must be a list, got {reprlib.repr(added_tokens)}")
         vocab = dict(vocab)
-        for index, added in enumerate(added_tokens):
-            content, token_id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
-            if not isinstance(content, str) or not content or type(token_id) is not int:
-                raise ValueError(f"{path}: added token {index} must be an object with a non-empty string 'content' "
-                                 f"and an integer 'id', got {reprlib.repr(added)}")
+        for _, content, token_id in _added_tokens(data.get("added_tokens", []), path):
             if vocab.setdefault(content, token_id) != token_id:
                 raise ValueError(f"{path}: added token {content!r} has id {token_id}, but model.vocab gives it "
                                  f"{reprlib.repr(vocab[content])}")
@@ -778,6 +771,19 @@ def _apply_merges(ids, merge_ranks, in_rounds):
         if preceding[left] >= 0:
             queue_pair(preceding[left], left)
     return [token_id for token_id in ids if token_id >= 0]
+
+
+def _added_tokens(added_tokens, source):
+    """The entries of a tokenizer.json's "added_tokens" list as (entry, content, id); ValueError naming
+    ``source`` for a list or entry of the wrong form."""
+    if not isinstance(added_tokens, list):
+        raise ValueError(f"{source}: added_tokens must be a list, got {reprlib.repr(added_tokens)}")
+    for index, added in enumerate(added_tokens):
+        content, token_id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
+        if not isinstance(content, str) or not content or type(token_id) is not int:
+            raise ValueError(f"{source}: added token {index} must be an object with a non-empty string 'content' "
+                             f"and an integer 'id', got {reprlib.repr(added)}")
+        yield added, content, token_id
 
 
 def _describes_gpt2(data):
@@ -912,8 +918,9 @@ def _multi_character_folds():
                      if len(fold) > 1)
 
 
-def _translate_regex(pattern, max_code_point):
-    """An Oniguruma pattern (what tokenizers' Split uses) -> the same pattern for Python's `re`.
+@functools.cache
+def _split_regex(pattern, max_code_point):
+    """An Oniguruma pattern (what tokenizers' Split uses) -> the same pattern for Python's `re` (cached).
 
     \\p{L} and friends become classes built from ``unicodedata`` (as for GPT-2's pattern), \\s becomes Unicode's
     White_Space (Oniguruma's \\s), and the rest passes through where both engines agree. Anything whose meaning
@@ -1021,11 +1028,6 @@ def _translate_regex(pattern, max_code_point):
         raise ValueError(f"the Split regex {pattern!r} is not a valid pattern ({error})") from None
 
 
-@functools.cache
-def _split_regex(pattern, max_code_point):
-    return _translate_regex(pattern, max_code_point)
-
-
 def _split_isolated(piece, regex):
     """The `tokenizers` "Isolated" split: every match and every stretch between matches is a piece (empty
     ones dropped)."""
@@ -1120,15 +1122,9 @@ class HFTokenizer:
         return dict(vocab)
 
     def _read_added_tokens(self, added_tokens, source):
-        if not isinstance(added_tokens, list):
-            raise ValueError(f"{source}: added_tokens must be a list, got {reprlib.repr(added_tokens)}")
         self._added, self._normalized_added, self._special = {}, {}, set()
         defaults = {"single_word": False, "lstrip": False, "rstrip": False}
-        for index, added in enumerate(added_tokens):
-            content, token_id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
-            if not isinstance(content, str) or not content or type(token_id) is not int:
-                raise ValueError(f"{source}: added token {index} must be an object with a non-empty string "
-                                 f"'content' and an integer 'id', got {reprlib.repr(added)}")
+        for added, content, token_id in _added_tokens(added_tokens, source):
             for flag, default in defaults.items():
                 if added.get(flag, default) is not default:
                     _refuse(source, f"{flag!r} of added token {content!r}", added[flag], default)
@@ -1170,10 +1166,10 @@ class HFTokenizer:
         """One pre-tokenizer -> a function (piece, first) -> pieces; ``first`` says the piece starts the text."""
         kind = _type_of(part)
         if kind == "ByteLevel" and part.get("add_prefix_space", True) is False:
-            byte_to_char = gpt2_byte_to_char()
+            byte_to_char, use_regex = gpt2_byte_to_char(), part.get("use_regex", True) is True
 
             def byte_level(piece, first):
-                words = _split_words(piece) if part.get("use_regex", True) is True else [piece]
+                words = _split_words(piece) if use_regex else [piece]
                 return ["".join(byte_to_char[byte] for byte in word.encode("utf-8")) for word in words]
             return byte_level
         if kind == "Split" and part.get("behavior") == "Isolated" and part.get("invert", False) is False:

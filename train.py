@@ -36,7 +36,7 @@ import numpy as np
 import evaluation
 import parallel
 from atomic_files import LockHeld, exclusive_lock
-from checkpoint import Checkpoint, CheckpointError, load_state, read_checkpoint, save_checkpoint
+from checkpoint import Checkpoint, CheckpointError, load_state, load_tokenizer, read_checkpoint, save_checkpoint
 from data import SortingTask, TokenDataset, prepare_text_dataset, read_text_file
 from optim import accumulate_grads, lr_schedule
 from sparse_attention import effective_spans, span_summary
@@ -791,7 +791,7 @@ def run(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -> tup
     """What train.py does with its resolved settings: read the data, build the model, train() it. Errors exit
     with one `error: ...` line; Ctrl-C (TrainingInterrupted) is left to the caller."""
     try:
-        tokenizer = read_checkpoint(Path(out_dir) / "checkpoint").tokenizer if resume else None
+        tokenizer = load_tokenizer(Path(out_dir) / "checkpoint") if resume else None  # train() reads the rest
         task = (Task(SortingTask()) if settings["data"] is None
                 else Task.from_text(settings["data"], tokenizer, settings, settings["block_size"]))
         model = TransformerLM(model_config(settings, task), seed=settings["seed"])

@@ -239,7 +239,6 @@ class TransformerLM(Module):
         return model
 
 
-
 def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The two model sources of the command-line tools, --checkpoint and --hf-model, exactly one required;
     load_model_and_tokenizer(args.checkpoint, args.hf_model) reads either."""
@@ -247,6 +246,7 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a checkpoint directory written by train.py (or its --out-dir)")
     source.add_argument("--hf-model", help="a Hugging Face GPT-2 directory: config.json, model.safetensors, "
                                            "vocab.json, merges.txt")
+
 
 def load_model_and_tokenizer(checkpoint: str | os.PathLike | None = None, hf_model: str | os.PathLike | None = None,
                              require_tokenizer: bool = False) -> tuple[TransformerLM, object]:

@@ -33,6 +33,7 @@ def imported_modules(path):
 
 GRAPH = {name: imported_modules(path) for name, path in MODULES.items()}
 
+
 def test_the_graph_sees_top_level_and_function_level_imports():
     assert {"transformer_config", "decoder", "module"} <= GRAPH["transformer_lm"]   # at the top of the file
     assert "torch_peer" in GRAPH["bench"]                               # only inside bench.py's functions
