@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from module import Dropout, Module, linear_backward, linear_forward
+from positional_encoding import apply_rope, apply_rope_backward, rope_tables
 
 # Blocked scores get a large negative finite value instead of -inf: exp() still turns them into exact
 # zeros, but a query whose keys are all blocked (a left-padding position) gets a uniform row instead
@@ -49,25 +50,53 @@ def softmax_backward(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return dprobs
 
 
+def join_groups(x: np.ndarray, n_kv_heads: int) -> np.ndarray:
+    """(B, H, ..., T, X) -> (B, n_kv_heads, ..., G T, X) with G = H / n_kv_heads: the G query heads that share a
+    key/value head (grouped-query attention) stacked as the rows of one matrix, so that one product per key/value
+    head serves them all and no key or value is repeated. The identity when every head has its own keys."""
+    B, H = x.shape[:2]
+    if H == n_kv_heads:
+        return x
+    grouped = np.moveaxis(x.reshape(B, n_kv_heads, H // n_kv_heads, *x.shape[2:]), 2, -3)  # (B, KV, ..., G, T, X)
+    return grouped.reshape(*grouped.shape[:-3], -1, x.shape[-1])
+
+
+def split_groups(x: np.ndarray, n_heads: int) -> np.ndarray:
+    """(B, n_kv_heads, ..., G T, X) -> (B, n_heads, ..., T, X): the inverse of join_groups."""
+    B, n_kv_heads = x.shape[:2]
+    if n_kv_heads == n_heads:
+        return x
+    grouped = x.reshape(*x.shape[:-2], n_heads // n_kv_heads, -1, x.shape[-1])  # (B, KV, ..., G, T, X)
+    return np.moveaxis(grouped, -3, 2).reshape(B, n_heads, *grouped.shape[2:-3], *grouped.shape[-2:])
+
+
 def attend(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blocked: np.ndarray, dropout: Dropout,
            span_mask: np.ndarray | None = None) -> tuple[np.ndarray, KernelCache]:
     """The attention kernel: out = dropout(softmax(q k^T, blocked pairs excluded)) v.
 
-    scaled_queries: (..., Tq, D), already multiplied by 1 / sqrt(D); keys, values: (..., Tk, D);
-    blocked: bool broadcastable to (..., Tq, Tk), True where a query may not see a key.
+    scaled_queries: (B, H, ..., Tq, D), already multiplied by 1 / sqrt(D); keys, values: (B, KV, ..., Tk, D), where
+    KV divides H and query head h uses key/value head h // (H / KV) (grouped-query attention; KV = H: each its own);
+    blocked: bool broadcastable to (B, H, ..., Tq, Tk), True where a query may not see a key.
     span_mask: None, or weights in [0, 1] broadcastable to (..., Tq, Tk) that multiply the attention
     weights, which are then renormalized to sum to 1 (adaptive span; Sukhbaatar et al. 2019).
-    dropout: the Dropout for the attention weights. Returns out (..., Tq, D) and the cache for attend_backward.
+    dropout: the Dropout for the attention weights. Returns out (B, H, ..., Tq, D) and the cache for attend_backward.
     """
     cache = attention_weights(scaled_queries, keys, values, blocked, dropout, span_mask)
-    return cache.dropped_weights @ values, cache
+    return weighted_values(cache.dropped_weights, values), cache
+
+
+def weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """weights (B, H, ..., Tq, Tk) @ values (B, KV, ..., Tk, D) -> (B, H, ..., Tq, D), query head h reading
+    key/value head h // (H / KV)."""
+    return split_groups(join_groups(weights, values.shape[1]) @ values, weights.shape[1])
 
 
 def attention_weights(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blocked: np.ndarray,
                       dropout: Dropout, span_mask: np.ndarray | None = None) -> KernelCache:
     """`attend` without its last product: the cache attend_backward needs, the weights (dropped out) included.
     A tile's backward recomputes this alone, since it needs the weights but not the output."""
-    scores = scaled_queries @ keys.swapaxes(-1, -2)                     # (..., Tq, Tk)
+    # (B, H, ..., Tq, Tk): every mask below is written per query head.
+    scores = split_groups(join_groups(scaled_queries, keys.shape[1]) @ keys.swapaxes(-1, -2), scaled_queries.shape[1])
     np.copyto(scores, MASKED_SCORE, where=blocked)
     probs = softmax(scores)                                              # rows sum to 1
     weights, norms = probs, None
@@ -82,11 +111,14 @@ def attention_weights(scaled_queries: np.ndarray, keys: np.ndarray, values: np.n
 
 def attend_backward(dout: np.ndarray, cache: KernelCache
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """dout (..., Tq, D) -> gradients of `attend` with respect to scaled_queries, keys, values and the
-    span mask (None when there was none)."""
+    """dout (B, H, ..., Tq, D) -> gradients of `attend` with respect to scaled_queries, keys, values and the
+    span mask (None when there was none). A key/value head shared by a group of query heads sums their gradients,
+    inside the products over the joined rows."""
     scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights, dropout_mask = cache
-    dvalues = dropped_weights.swapaxes(-1, -2) @ dout                   # (..., Tk, D)
-    dweights = dout @ values.swapaxes(-1, -2)                           # (..., Tq, Tk)
+    n_heads, n_kv_heads = scaled_queries.shape[1], keys.shape[1]
+    joined_dout = join_groups(dout, n_kv_heads)
+    dvalues = join_groups(dropped_weights, n_kv_heads).swapaxes(-1, -2) @ joined_dout    # (B, KV, ..., Tk, D)
+    dweights = split_groups(joined_dout @ values.swapaxes(-1, -2), n_heads)             # (B, H, ..., Tq, Tk)
     if dropout_mask is not None:
         dweights *= dropout_mask
     dprobs, dspan_mask = dweights, None
@@ -94,8 +126,9 @@ def attend_backward(dout: np.ndarray, cache: KernelCache
         # weights = q / n with q = p m and n = sum(q) + eps:  dq_j = (dweights_j - sum_k dweights_k weights_k) / n.
         dmasked = (dweights - np.sum(dweights * weights, axis=-1, keepdims=True)) / norms
         dprobs, dspan_mask = dmasked * span_mask, dmasked * probs
-    dscores = softmax_backward(dprobs, probs)                            # blocked entries stay 0
-    return dscores @ keys, dscores.swapaxes(-1, -2) @ scaled_queries, dvalues, dspan_mask
+    dscores = join_groups(softmax_backward(dprobs, probs), n_kv_heads)   # blocked entries stay 0
+    return (split_groups(dscores @ keys, n_heads), dscores.swapaxes(-1, -2) @ join_groups(scaled_queries, n_kv_heads),
+            dvalues, dspan_mask)
 
 
 def causal_blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
@@ -191,6 +224,12 @@ KEPT_SCORES = 2**24
 HeadGroup = namedtuple("HeadGroup", "heads blocked layout")
 
 
+def key_heads(heads: slice, group_size: int) -> slice:
+    """The key/value heads that query heads `heads` use when each serves group_size consecutive query heads
+    (the config makes every head group a whole number of such groups)."""
+    return slice(heads.start // group_size, heads.stop // group_size)
+
+
 class AttentionPattern(Module):
     """Full causal attention, and the base class of the sparse patterns in sparse_attention.py.
 
@@ -230,32 +269,34 @@ class AttentionPattern(Module):
 
     def forward(self, scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, dropout: Dropout,
                 query_positions: np.ndarray | None = None, key_positions: np.ndarray | None = None) -> np.ndarray:
-        """scaled_queries: (B, H, Tq, D); keys, values: (B, H, Tk, D) -> (B, H, Tq, D).
+        """scaled_queries: (B, H, Tq, D); keys, values: (B, KV, Tk, D), KV dividing H -> (B, H, Tq, D).
 
         Without positions the tokens sit at 0..T-1 (Tq == Tk) and each group uses its own layout. With
         query_positions (B, Tq) and key_positions (B, Tk) (a KV cache; -1 at padding and empty slots)
         every group attends densely, by the same rules.
         """
         outputs, self.cache = [], []
+        group_size = scaled_queries.shape[1] // keys.shape[1]
         for group in self.head_groups(scaled_queries.shape[1]):
+            group_keys = key_heads(group.heads, group_size)
             if query_positions is None:
                 layout = group.layout(scaled_queries.shape[2])
             else:
                 layout = DenseLayout(query_positions, key_positions)
             if isinstance(layout, TiledLayout):
-                outputs.append(self.attend_tiles(group, layout, scaled_queries, keys, values, dropout))
+                outputs.append(self.attend_tiles(group, group_keys, layout, scaled_queries, keys, values, dropout))
                 continue
             blocked = group.blocked(layout.query_positions, layout.key_positions) | (layout.key_positions < 0)
             out, kernel_cache = attend(layout.gather_queries(scaled_queries[:, group.heads]),
-                                       layout.gather_keys(keys[:, group.heads]),
-                                       layout.gather_keys(values[:, group.heads]), blocked, dropout,
+                                       layout.gather_keys(keys[:, group_keys]),
+                                       layout.gather_keys(values[:, group_keys]), blocked, dropout,
                                        self.span_mask(layout))
             outputs.append(layout.scatter_queries(out))
             self.cache.append((group.heads, layout, kernel_cache))
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
     def backward(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """dout (B, H, T, D) -> gradients with respect to scaled_queries, keys and values, (B, H, T, D) each."""
+        """dout (B, H, T, D) -> gradients with respect to scaled_queries (B, H, T, D), keys and values (B, KV, T, D)."""
         dscaled_queries, dkeys, dvalues = [], [], []
         for heads, layout, kernel_cache in self.cache:
             if isinstance(layout, TiledLayout):
@@ -281,9 +322,10 @@ class AttentionPattern(Module):
                                  cache.blocked(tile.query_positions, tile.key_positions),
                                  tile_dropout(cache.dropout, cache.seed, index), self.span_mask(tile))
 
-    def attend_tiles(self, group: HeadGroup, layout: TiledLayout, scaled_queries: np.ndarray, keys: np.ndarray,
-                     values: np.ndarray, dropout: Dropout) -> np.ndarray:
-        """One head group's attention in a TiledLayout, tile by tile: (B, h, T, D) each -> (B, h, T, D).
+    def attend_tiles(self, group: HeadGroup, group_keys: slice, layout: TiledLayout, scaled_queries: np.ndarray,
+                     keys: np.ndarray, values: np.ndarray, dropout: Dropout) -> np.ndarray:
+        """One head group's attention in a TiledLayout, tile by tile: queries (B, h, T, D) and the group's key/value
+        heads `group_keys` of keys, values (B, KV, T, D) -> (B, h, T, D).
         Keeps the inputs (a TiledCache) and, in training while they hold at most kept_scores scores, the tiles'
         kernel caches."""
         dropping = dropout.training and dropout.p > 0.0
@@ -291,12 +333,12 @@ class AttentionPattern(Module):
         seed = int(dropout.rng.integers(2**63)) if dropping else 0
         group_queries = scaled_queries[:, group.heads]
         keep = self.training and math.prod(group_queries.shape[:2]) * layout.num_scores <= self.kept_scores
-        cache = TiledCache(group_queries, keys[:, group.heads], values[:, group.heads],
+        cache = TiledCache(group_queries, keys[:, group_keys], values[:, group_keys],
                            group.blocked, dropout, seed, [] if keep else None)
         out = np.empty_like(cache.scaled_queries)
         for index, (rows, tile_keys, tile) in enumerate(layout.tiles):
             weights = self.tile_weights(index, rows, tile_keys, tile, cache)
-            np.matmul(weights.dropped_weights, weights.values, out=out[:, :, rows])
+            out[:, :, rows] = weighted_values(weights.dropped_weights, weights.values)
             if keep:
                 cache.tile_caches.append(weights)
         self.cache.append((group.heads, layout, cache))
@@ -304,8 +346,8 @@ class AttentionPattern(Module):
 
     def attend_tiles_backward(self, dout: np.ndarray, layout: TiledLayout, cache: TiledCache
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """dout (B, h, T, D) -> gradients of attend_tiles with respect to scaled_queries, keys and values,
-        (B, h, T, D) each; a key seen by several tiles adds their gradients."""
+        """dout (B, h, T, D) -> gradients of attend_tiles with respect to scaled_queries (B, h, T, D) and the
+        group's keys and values (B, kv, T, D); a key seen by several tiles adds their gradients."""
         dscaled_queries = np.empty_like(cache.scaled_queries)
         dkeys, dvalues = np.zeros_like(cache.keys), np.zeros_like(cache.values)
         for index, (rows, tile_keys, tile) in enumerate(layout.tiles):
@@ -327,23 +369,30 @@ class AttentionPattern(Module):
 
 
 class CausalSelfAttention(Module):
-    """x: (B, T, C) -> (B, T, C), with n_heads heads of head_dim = C / n_heads.
+    """x: (B, T, C) -> (B, T, C), with n_heads query heads and n_kv_heads key/value heads (default n_heads;
+    fewer is grouped-query attention, each key/value head serving n_heads / n_kv_heads consecutive query heads),
+    each head_dim wide (default C / n_heads).
 
-    Parameters: W_qkv (C, 3C) and b_qkv (3C,), the fused query/key/value projection, whose output
-    columns are [queries | keys | values], each split into heads of head_dim columns;
-    W_out (C, C) and b_out (C,), the output projection; bias=False leaves out both biases. pattern: which
-    keys each query sees (an AttentionPattern; default full causal attention).
+    Parameters: W_qkv (C, (H + 2 KV) D) and b_qkv, the fused query/key/value projection, whose output columns are
+    [queries: H heads | keys: KV heads | values: KV heads], each head D contiguous columns; W_out (H D, C) and
+    b_out (C,), the output projection. bias=False leaves out both biases; qkv_bias (default: bias) decides b_qkv
+    alone. rope_theta: rotate queries and keys by their positions (RoPE, positional_encoding.rope_tables) with this
+    base; None: no rotation. pattern: which keys each query sees (an AttentionPattern; default full causal).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, rng: np.random.Generator, dtype: npt.DTypeLike,
-                 pattern: AttentionPattern | None = None, bias: bool = True) -> None:
+                 pattern: AttentionPattern | None = None, bias: bool = True, n_kv_heads: int | None = None,
+                 head_dim: int | None = None, qkv_bias: bool | None = None, rope_theta: float | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
-        self.add_parameter("W_qkv", np.zeros((d_model, 3 * d_model), dtype=dtype))
-        if bias:
-            self.add_parameter("b_qkv", np.zeros(3 * d_model, dtype=dtype))
-        self.add_parameter("W_out", np.zeros((d_model, d_model), dtype=dtype))
+        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        self.head_dim = d_model // n_heads if head_dim is None else head_dim
+        self.rope_theta = rope_theta
+        qkv_width = (n_heads + 2 * self.n_kv_heads) * self.head_dim
+        self.add_parameter("W_qkv", np.zeros((d_model, qkv_width), dtype=dtype))
+        if bias if qkv_bias is None else qkv_bias:
+            self.add_parameter("b_qkv", np.zeros(qkv_width, dtype=dtype))
+        self.add_parameter("W_out", np.zeros((n_heads * self.head_dim, d_model), dtype=dtype))
         if bias:
             self.add_parameter("b_out", np.zeros(d_model, dtype=dtype))
         self.pattern = AttentionPattern() if pattern is None else pattern
@@ -352,10 +401,20 @@ class CausalSelfAttention(Module):
         self.cache = None
 
     def split_heads(self, qkv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, T, 3C) -> queries, keys, values, each (B, H, T, D)."""
+        """(B, T, (H + 2 KV) D) -> queries (B, H, T, D), keys and values (B, KV, T, D)."""
         B, T, _ = qkv.shape
-        heads = qkv.reshape(B, T, 3, self.n_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        return heads[0], heads[1], heads[2]
+        heads = qkv.reshape(B, T, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        H, KV = self.n_heads, self.n_kv_heads
+        return heads[:, :H], heads[:, H:H + KV], heads[:, H + KV:]
+
+    def merge_heads(self, dqueries: np.ndarray, dkeys: np.ndarray, dvalues: np.ndarray) -> np.ndarray:
+        """The inverse of split_heads: (B, H, T, D), (B, KV, T, D), (B, KV, T, D) -> (B, T, (H + 2 KV) D)."""
+        B, H, T, D = dqueries.shape
+        dqkv = np.empty((B, T, H + 2 * self.n_kv_heads, D), dtype=dqueries.dtype)
+        dqkv[:, :, :H] = dqueries.transpose(0, 2, 1, 3)
+        dqkv[:, :, H:H + self.n_kv_heads] = dkeys.transpose(0, 2, 1, 3)
+        dqkv[:, :, H + self.n_kv_heads:] = dvalues.transpose(0, 2, 1, 3)
+        return dqkv.reshape(B, T, -1)
 
     def forward(self, x: np.ndarray, kv_cache: KVCache | None = None, key_padding: np.ndarray | None = None,
                 positions: np.ndarray | None = None) -> np.ndarray:
@@ -365,20 +424,27 @@ class CausalSelfAttention(Module):
         earlier tokens, which the T new tokens follow; key_padding (B, T), True at padded new tokens
         (left-padded prompts), which no query may attend to; positions (T,) or (B, T) of the new tokens
         (default: right after the cache's). With any of them the masks come from these positions;
-        without, the tokens sit at 0..T-1 and the pattern computes only the blocks it needs.
+        without, the tokens sit at 0..T-1 and the pattern computes only the blocks it needs. RoPE rotates
+        by the same positions, so a row of a left-padded batch computes as if alone.
         """
         B, T, C = x.shape
         p = self.params
-        qkv = linear_forward(x, p["W_qkv"], p.get("b_qkv"))                  # (B, T, 3C)
-        queries, keys, values = self.split_heads(qkv)                     # (B, H, T, D) each
-        # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x Tk).
-        scaled_queries = queries * (1.0 / math.sqrt(self.head_dim))
-        if kv_cache is None and key_padding is None and positions is None:
-            heads_out = self.pattern.forward(scaled_queries, keys, values, self.attention_dropout)
-        else:
+        qkv = linear_forward(x, p["W_qkv"], p.get("b_qkv"))                  # (B, T, (H + 2 KV) D)
+        queries, keys, values = self.split_heads(qkv)                     # (B, H or KV, T, D)
+        plain = kv_cache is None and key_padding is None and positions is None
+        if not plain:
             if positions is None:
                 positions = np.arange(T) + (0 if kv_cache is None else kv_cache.length)
             query_positions = np.broadcast_to(positions, (B, T))
+        rope = None
+        if self.rope_theta is not None:
+            rope = rope_tables(np.arange(T) if plain else query_positions, self.head_dim, self.rope_theta, x.dtype)
+            queries, keys = apply_rope(queries, *rope), apply_rope(keys, *rope)
+        # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x Tk).
+        scaled_queries = queries * (1.0 / math.sqrt(self.head_dim))
+        if plain:
+            heads_out = self.pattern.forward(scaled_queries, keys, values, self.attention_dropout)
+        else:
             if key_padding is not None:
                 query_positions = np.where(key_padding, -1, query_positions)  # a padding token is no one's key
             key_positions = query_positions
@@ -386,23 +452,24 @@ class CausalSelfAttention(Module):
                 keys, values, key_positions = kv_cache.append(keys, values, query_positions)
             heads_out = self.pattern.forward(scaled_queries, keys, values, self.attention_dropout,
                                              query_positions, key_positions)  # (B, H, T, D)
-        merged = heads_out.transpose(0, 2, 1, 3).reshape(B, T, C)        # heads side by side
+        merged = heads_out.transpose(0, 2, 1, 3).reshape(B, T, -1)        # heads side by side: (B, T, H D)
         out = linear_forward(merged, p["W_out"], p.get("b_out"))
-        self.cache = (x, merged)
+        self.cache = (x, merged, rope)
         return self.residual_dropout.forward(out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        """dout (B, T, C) -> dx (B, T, C); adds the gradients of the four projections' parameters."""
-        x, merged = self.cache
-        B, T, C = x.shape
+        """dout (B, T, C) -> dx (B, T, C); adds the gradients of the projections' parameters."""
+        x, merged, rope = self.cache
+        B, T, _ = x.shape
         p, g = self.params, self.grads
         dout = self.residual_dropout.backward(dout)
         dmerged = linear_backward(dout, merged, p["W_out"], g["W_out"], g.get("b_out"))
         dheads_out = dmerged.reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         dscaled_queries, dkeys, dvalues = self.pattern.backward(dheads_out)
         dqueries = dscaled_queries * (1.0 / math.sqrt(self.head_dim))
-        # Stack back into the fused layout (B, T, 3, H, D) -> (B, T, 3C), the inverse of split_heads.
-        dqkv = np.stack([dqueries, dkeys, dvalues]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)
+        if rope is not None:
+            dqueries, dkeys = apply_rope_backward(dqueries, *rope), apply_rope_backward(dkeys, *rope)
+        dqkv = self.merge_heads(dqueries, dkeys, dvalues)
         return linear_backward(dqkv, x, p["W_qkv"], g["W_qkv"], g.get("b_qkv"))
 
 
@@ -411,18 +478,18 @@ class KVCache:
     a new token attends to the past without recomputing it: O(T * C) work per token instead of a whole
     forward pass.
 
-    Buffers keys, values (B, H, slots, D) and positions (B, slots); position -1 marks a slot without a key
-    (not filled yet, or a padding token). A plain cache starts empty and at least doubles its slots when
-    full, up to `capacity`, so its memory follows the tokens actually appended, not the most that might
-    come. A rolling cache, for a pattern that never looks back more than `capacity` keys (a sliding
+    Buffers keys, values (B, KV, slots, D) (KV: the layer's key/value heads) and positions (B, slots); position -1
+    marks a slot without a key (not filled yet, or a padding token). A plain cache starts empty and at least doubles
+    its slots when full, up to `capacity`, so its memory follows the tokens actually appended, not the most that
+    might come. A rolling cache, for a pattern that never looks back more than `capacity` keys (a sliding
     window), holds `capacity` slots from the start and reuses its oldest once full, so decoding goes on
     in constant memory.
     """
 
-    def __init__(self, batch_size: int, n_heads: int, capacity: int, head_dim: int, dtype: npt.DTypeLike,
+    def __init__(self, batch_size: int, n_kv_heads: int, capacity: int, head_dim: int, dtype: npt.DTypeLike,
                  rolling: bool = False) -> None:
         slots = capacity if rolling else 0
-        self.keys = np.zeros((batch_size, n_heads, slots, head_dim), dtype=dtype)
+        self.keys = np.zeros((batch_size, n_kv_heads, slots, head_dim), dtype=dtype)
         self.values = np.zeros_like(self.keys)
         self.positions = np.full((batch_size, slots), -1, dtype=np.int64)
         self.capacity = capacity
@@ -441,8 +508,8 @@ class KVCache:
 
     def append(self, keys: np.ndarray, values: np.ndarray, positions: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Store keys, values (B, H, T, D) of the tokens at positions (B, T). Returns the keys, values
-        (B, H, Tk, D) and positions (B, Tk) that the new tokens' queries may need (in any order)."""
+        """Store keys, values (B, KV, T, D) of the tokens at positions (B, T). Returns the keys, values
+        (B, KV, Tk, D) and positions (B, Tk) that the new tokens' queries may need (in any order)."""
         T, capacity = keys.shape[2], self.capacity
         if self.rolling:
             # The new queries need the stored keys and each other's; afterwards the last `capacity` stay.

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -327,16 +327,7 @@ def bench_transformers(threads: int, quick: bool, repeats: int,
     prompt_len, new_tokens = (16, 16) if quick else (64, 128)
     progress(f"  transformers, GPT-2 small greedy generation, {new_tokens} tokens ...")
     prompt = np.random.default_rng(prompt_len).integers(0, vocab_size, (1, prompt_len))
-    torch_prompt = torch.from_numpy(prompt)
-
-    def generate_ours() -> np.ndarray:
-        return model.generate(prompt, new_tokens, temperature=0)
-
-    def generate_theirs() -> torch.Tensor:
-        # The saved config has no end-of-text token, so neither side stops early.
-        return hf_model.generate(torch_prompt, attention_mask=torch.ones_like(torch_prompt), do_sample=False,
-                                 max_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
-
+    generate_ours, generate_theirs = greedy_generators(model, hf_model, prompt, new_tokens)
     with torch.inference_mode():
         same_tokens = np.array_equal(generate_ours(), generate_theirs().numpy())
         our_times, their_times = time_pair(generate_ours, generate_theirs, max(1, repeats // 2))  # as bench_generation
@@ -344,6 +335,135 @@ def bench_transformers(threads: int, quick: bool, repeats: int,
                ours=our_times, theirs=their_times,
                note=f"KV cache both; tokens/s {new_tokens / median(our_times):.1f} vs "
                     f"{new_tokens / median(their_times):.1f}; same tokens: {'yes' if same_tokens else 'no'}")
+
+
+def greedy_generators(model: TransformerLM, hf_model: torch.nn.Module, prompt: np.ndarray, new_tokens: int
+                      ) -> tuple[Callable[[], np.ndarray], Callable[[], torch.Tensor]]:
+    """Greedy KV-cache generation of new_tokens after prompt (1, T), ours and transformers' (whose saved configs have
+    no end-of-text token, so neither side stops early): the two functions the generation benchmarks time."""
+    import torch
+
+    torch_prompt = torch.from_numpy(prompt)
+
+    def generate_ours() -> np.ndarray:
+        return model.generate(prompt, new_tokens, temperature=0)
+
+    def generate_theirs() -> torch.Tensor:
+        return hf_model.generate(torch_prompt, attention_mask=torch.ones_like(torch_prompt), do_sample=False,
+                                 max_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
+
+    return generate_ours, generate_theirs
+
+
+# HuggingFaceTB/SmolLM2-135M's shape (its config.json), random weights; quick: 2 layers and a smaller vocabulary.
+SMOLLM2_135M = dict(vocab_size=49152, d_model=576, n_heads=9, n_kv_heads=3, n_layers=30, d_ff=1536, max_seq_len=2048,
+                    rope_theta=100000.0, layer_norm_eps=1e-5, tie_weights=True)
+SMOLLM2_QUICK = dict(SMOLLM2_135M, n_layers=2, vocab_size=2048)
+
+
+def llama_pair(shape: dict) -> tuple[TransformerLM, torch.nn.Module]:
+    """transformers' LlamaForCausalLM of `shape` with its own random initialization (seeded), in evaluation mode,
+    and our TransformerLM loaded from its save_pretrained directory: the same function on both sides."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    from transformer_lm import TransformerLM
+
+    config = transformers.LlamaConfig(
+        vocab_size=shape["vocab_size"], hidden_size=shape["d_model"], intermediate_size=shape["d_ff"],
+        num_hidden_layers=shape["n_layers"], num_attention_heads=shape["n_heads"],
+        num_key_value_heads=shape["n_kv_heads"], max_position_embeddings=shape["max_seq_len"],
+        rms_norm_eps=shape["layer_norm_eps"], tie_word_embeddings=shape["tie_weights"],
+        rope_parameters={"rope_type": "default", "rope_theta": shape["rope_theta"]},
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)  # no end-of-text token: neither side stops early
+    torch.manual_seed(0)
+    hf_model = transformers.LlamaForCausalLM(config).eval()
+    transformers.utils.logging.disable_progress_bar()  # save_pretrained's, on stderr among the progress lines
+    with tempfile.TemporaryDirectory() as directory:
+        hf_model.save_pretrained(directory)
+        model = TransformerLM.from_pretrained(directory).eval()
+    return model, hf_model
+
+
+def kv_cache_bytes(model: TransformerLM, prompt: np.ndarray, new_tokens: int) -> int:
+    """nbytes of the keys and values that every layer's KV cache holds after greedy decoding of new_tokens
+    after prompt (1, T), as model.generate runs it."""
+    from generation import DecodingState, decode
+
+    state = DecodingState(model, 1, prompt.shape[1] + new_tokens)
+    logits = decode(model, state, prompt)
+    for _ in range(new_tokens - 1):
+        logits = decode(model, state, logits.argmax(axis=-1)[:, None])
+    return sum(cache.keys.nbytes + cache.values.nbytes for cache in state.kv_caches)
+
+
+def bench_modern(threads: int, quick: bool, repeats: int, context: dict[str, float]) -> Iterator[dict[str, object]]:
+    """The modern decoder (RoPE, RMSNorm, SwiGLU, grouped-query attention) at SmolLM2-135M's shape against
+    transformers' LlamaForCausalLM with the same random weights, one thread: forward at B=1, T=256, and greedy
+    KV-cache generation of 128 tokens after 64 (quick: T=64, 16 after 16, 2 layers); then the bytes our KV caches
+    hold with 3 key/value heads against the same model with 9 (multi-head attention). Targets (issue 12): forward
+    <= 1.1x transformers' time, generation >= 1.0x its tokens/s with the same tokens, cache 1/3."""
+    if threads != 1:
+        return
+    import dataclasses
+
+    import numpy as np
+
+    from transformer_lm import TransformerLM
+
+    shape = SMOLLM2_QUICK if quick else SMOLLM2_135M
+    name = "SmolLM2-135M shape" + (" (2 layers, vocabulary 2048)" if quick else "")
+    seq_len, prompt_len, new_tokens = (64, 16, 16) if quick else (256, 64, 128)
+    prompt = np.random.default_rng(prompt_len).integers(0, shape["vocab_size"], (1, prompt_len))
+    config = yield from modern_against_transformers(shape, name, seq_len, prompt, new_tokens, repeats)
+
+    progress(f"  modern: KV-cache bytes after {prompt_len} + {new_tokens} tokens, n_kv_heads 3 and 9 ...")
+    cache_bytes = {}
+    for n_kv_heads in (config.n_kv_heads, config.n_heads):
+        model = TransformerLM(dataclasses.replace(config, n_kv_heads=n_kv_heads), seed=0).eval()
+        cache_bytes[n_kv_heads] = kv_cache_bytes(model, prompt, new_tokens)
+    grouped, full = cache_bytes[config.n_kv_heads], cache_bytes[config.n_heads]
+    yield dict(section="modern, KV-cache memory",
+               case=f"{name}, {prompt_len} + {new_tokens} tokens, B=1, float32 (nbytes of every layer's keys + values)",
+               ours=[grouped / 2**20], theirs=[full / 2**20],
+               note=f"{grouped:,} vs {full:,} bytes: {grouped / full:.4f} (target 1/3); caches of the same slots")
+
+
+def modern_against_transformers(shape: dict, name: str, seq_len: int, prompt: np.ndarray, new_tokens: int,
+                                repeats: int) -> Generator[dict[str, object], None, TransformerConfig]:
+    """bench_modern's timings: forward at (1, seq_len) and greedy generation of new_tokens after prompt (1, T),
+    ours against LlamaForCausalLM with the same weights. Returns our model's config."""
+    import numpy as np
+    import torch
+
+    model, hf_model = llama_pair(shape)
+    progress(f"  modern: {name} forward, T={seq_len} ...")
+    ids = np.random.default_rng(seq_len).integers(0, shape["vocab_size"], (1, seq_len))
+    torch_ids = torch.from_numpy(ids)
+    with torch.no_grad():
+        difference = np.abs(model(ids) - hf_model(torch_ids, use_cache=False).logits.numpy()).max()
+        our_times, their_times = time_pair(lambda: model(ids), lambda: hf_model(torch_ids, use_cache=False), repeats)
+    ratio = median(our_times) / median(their_times)
+    yield dict(section="modern", case=f"{name} forward, B=1, T={seq_len}", ours=our_times, theirs=their_times,
+               note=f"LlamaForCausalLM; max logit difference {difference:.1e}; target <= 1.1x its time: "
+                    f"{'met' if ratio <= 1.1 else 'missed'}")
+
+    prompt_len = prompt.shape[1]
+    progress(f"  modern: {name} greedy generation, {new_tokens} tokens after {prompt_len} ...")
+    generate_ours, generate_theirs = greedy_generators(model, hf_model, prompt, new_tokens)
+    with torch.no_grad():
+        ours_tokens, their_tokens = generate_ours()[0, prompt_len:], generate_theirs().numpy()[0, prompt_len:]
+        agree = int(np.cumprod(ours_tokens == their_tokens).sum()) if ours_tokens.shape == their_tokens.shape else 0
+        our_times, their_times = time_pair(generate_ours, generate_theirs, max(1, repeats // 2))
+    speed = median(their_times) / median(our_times)
+    yield dict(section="modern", case=f"{name} greedy, KV cache, B=1, {new_tokens} tokens after {prompt_len}",
+               ours=our_times, theirs=their_times,
+               note=f"tokens/s {new_tokens / median(our_times):.1f} vs {new_tokens / median(their_times):.1f} "
+                    f"({speed:.2f}x; target >= 1.0x: {'met' if speed >= 1.0 else 'missed'}); same {new_tokens} "
+                    "tokens: " + ("yes" if agree == new_tokens else f"no, the first {agree} agree"))
+    return model.config
 
 
 def bench_safetensors(threads: int, quick: bool, repeats: int,
@@ -671,25 +791,27 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
 
 def shakespeare_reproduction(quick: bool) -> dict[str, dict] | None:
     """Train nanoGPT's CPU quick-start config on tiny Shakespeare with train.py (2 threads, as the reference run),
-    then the same run with adaptive attention spans, at equal steps. Returns {"full" | "adaptive": {"rows": the
-    run's metrics.jsonl rows, "seconds": its wall time}, "reference": nanoGPT's losses}, or None when ../shared
-    has no tiny Shakespeare."""
+    then the same run with adaptive attention spans, and the same training of the modern preset (RoPE, RMSNorm,
+    SwiGLU, grouped-query attention, same parameter count), at equal steps. Returns {"full" | "adaptive" |
+    "modern": {"rows": the run's metrics.jsonl rows, "seconds": its wall time}, "reference": nanoGPT's losses},
+    or None when ../shared has no tiny Shakespeare."""
     corpus = SHARED / "data" / "tinyshakespeare.txt"
     if not corpus.exists():
         progress(f"tiny Shakespeare skipped: {corpus} is absent")
         return None
     flags = ["--max-iters", "200", "--eval-interval", "100"] if quick else []
     runs = {"reference": nanogpt_reference()}
-    for name, extra in (("full", []), ("adaptive", ["--adaptive-span"])):
-        progress(f"training on tiny Shakespeare ({name} attention) with train.py at 2 threads; its log follows")
+    for name, extra in (("full", []), ("adaptive", ["--adaptive-span"]),
+                        ("modern", ["--preset", "shakespeare-char-modern"])):
+        progress(f"training on tiny Shakespeare ({name}) with train.py at 2 threads; its log follows")
         rows, seconds = train_run(corpus, [*flags, *extra])
         runs[name] = dict(rows=rows, seconds=seconds)
     return runs
 
 
 def train_run(corpus: Path, flags: list[str]) -> tuple[list[dict], float]:
-    """One train.py run on tiny Shakespeare at 2 threads: (rows of metrics.jsonl, wall seconds). Its log goes to
-    stderr as progress."""
+    """One train.py run on tiny Shakespeare at 2 threads, preset shakespeare-char-cpu unless flags name another:
+    (rows of metrics.jsonl, wall seconds). Its log goes to stderr as progress."""
     import tempfile
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()
@@ -716,29 +838,39 @@ def nanogpt_reference() -> dict[str, list[float]]:
 
 
 def shakespeare_lines(runs: dict[str, dict] | None) -> list[str]:
-    """Markdown for shakespeare_reproduction's result, nanoGPT's losses beside ours."""
+    """Markdown for shakespeare_reproduction's result, nanoGPT's losses beside ours (and the modern preset's, in
+    runs that trained it)."""
     title = "## Tiny Shakespeare, nanoGPT's CPU quick start"
     if runs is None:
         return [title, "", "skipped: ../shared/data/tinyshakespeare.txt was absent", ""]
     reference = runs["reference"]
     full, adaptive = runs["full"]["rows"], runs["adaptive"]["rows"]
+    modern = runs["modern"]["rows"] if "modern" in runs else None
     lines = [title, "",
              "`python train.py --data ../shared/data/tinyshakespeare.txt --preset shakespeare-char-cpu` "
              "(L4 H4 C128, B12 T64, 2000 iterations, lr 1e-3 -> 1e-4, 2 threads); nanoGPT's figures from "
              "`../shared/reference/nanogpt-cpu-shakespeare-char.md`. Eval losses average 20 batches: a few "
-             "hundredths of noise. Last column: the same run with `--adaptive-span` (max span 64 = block size, "
-             "ramp 32, span loss 2e-6, as the reference implementation's defaults).", "",
-             "| iter | ours train | ours val | nanoGPT train | nanoGPT val | val difference | adaptive span val |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for row, adaptive_row in zip(full, adaptive):
+             "hundredths of noise. " + ("Last column" if modern is None else "Adaptive span column")
+             + ": the same run with `--adaptive-span` (max span 64 = block size, ramp 32, span loss 2e-6, as the "
+             "reference implementation's defaults)."
+             + ("" if modern is None else " Modern column: `--preset shakespeare-char-modern`, the same training of "
+                "model preset modern-cpu (RoPE, RMSNorm, SwiGLU, 2 key/value heads for 4 query heads, no biases, "
+                "d_ff 393: 809,728 parameters against 809,856)."), "",
+             "| iter | ours train | ours val | nanoGPT train | nanoGPT val | val difference | adaptive span val |"
+             + ("" if modern is None else " modern val |"),
+             "|---:|---:|---:|---:|---:|---:|---:|" + ("" if modern is None else "---:|")]
+    for index, (row, adaptive_row) in enumerate(zip(full, adaptive)):
         theirs = reference.get(str(row["iter"]))
         their_cells = f"{theirs[0]:.4f} | {theirs[1]:.4f} | {row['val_loss'] - theirs[1]:+.4f}" if theirs else " | |"
+        modern_cell = "" if modern is None else f" {modern[index]['val_loss']:.4f} |"
         lines.append(f"| {row['iter']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {their_cells} | "
-                     f"{adaptive_row['val_loss']:.4f} |")
+                     f"{adaptive_row['val_loss']:.4f} |{modern_cell}")
     lines += ["", f"Whole run {runs['full']['seconds']:.0f} s wall including evaluation; median "
               f"{full[-1]['ms_per_iter']:.1f} ms/iter (nanoGPT's reference: 42.6 ms/iter, 3 min 05 s, on this kind of "
               f"machine at 2 threads). With adaptive span: {runs['adaptive']['seconds']:.0f} s, median "
-              f"{adaptive[-1]['ms_per_iter']:.1f} ms/iter.", "",
+              f"{adaptive[-1]['ms_per_iter']:.1f} ms/iter."
+              + ("" if modern is None else f" Modern: {runs['modern']['seconds']:.0f} s, median "
+                 f"{modern[-1]['ms_per_iter']:.1f} ms/iter."), "",
               "Learned spans (tokens) per head at the end of the adaptive-span run:", ""]
     lines += [f"- layer {layer}: " + ", ".join(f"{span:.1f}" for span in spans)
               for layer, spans in enumerate(adaptive[-1]["spans"])]
@@ -748,7 +880,7 @@ def shakespeare_lines(runs: dict[str, dict] | None) -> list[str]:
 SECTIONS = {"matmul": bench_matmul, "training": bench_training, "forward": bench_forward,
             "generation": bench_generation, "memory": bench_memory, "tokenizer": bench_tokenizer,
             "transformers": bench_transformers, "safetensors": bench_safetensors, "attention": bench_attention,
-            "tiles": bench_tiles, "data-parallel": bench_data_parallel}
+            "tiles": bench_tiles, "data-parallel": bench_data_parallel, "modern": bench_modern}
 
 # What each row section's two measured columns hold, and the unit: times are kept in seconds and shown in
 # milliseconds, memory is kept and shown in MB.
@@ -767,6 +899,8 @@ COLUMNS = {
     "attention": ("sparse pattern", "full causal attention", "ms"),
     "tiled attention": ("tiled", "untiled (dense or window blocks)", "ms"),
     "tiled attention, peak memory": ("tiled", "dense", "MB"),
+    "modern": ("ours", "transformers", "ms"),
+    "modern, KV-cache memory": ("n_kv_heads 3", "n_kv_heads 9 (multi-head)", "MB"),
 }
 
 

@@ -51,8 +51,10 @@ class DecoderBlock(Module):
         super().__init__()
         dtype = config.numpy_dtype
         self.norm_first = config.norm_first
-        self.attention = CausalSelfAttention(config.d_model, config.n_heads, config.dropout, rng, dtype,
-                                             pattern=make_pattern(config), bias=config.bias)
+        self.attention = CausalSelfAttention(
+            config.d_model, config.n_heads, config.dropout, rng, dtype, pattern=make_pattern(config), bias=config.bias,
+            n_kv_heads=config.n_kv_heads, head_dim=config.head_dim, qkv_bias=config.qkv_bias,
+            rope_theta=config.rope_theta if config.positional == "rope" else None)
         self.norm1 = make_norm(config)
         self.feed_forward = FeedForward(config.d_model, config.d_ff, config.activation,
                                         config.dropout, rng, dtype, bias=config.bias)
@@ -75,16 +77,19 @@ class Decoder(Module):
     """ids: (B, T) -> hidden states (B, T, C).
 
     token embedding + positions -> dropout -> N DecoderBlocks -> final norm (pre-LN only: there the last
-    block's output has not been normalized yet; post-LN blocks already end in a norm).
+    block's output has not been normalized yet; post-LN blocks already end in a norm). With positional="rope"
+    nothing is added here: the attention layers rotate queries and keys by the positions instead.
     """
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator) -> None:
         super().__init__()
         dtype = config.numpy_dtype
         self.token_embedding = Embedding(config.vocab_size, config.d_model, dtype)
-        positional_class = {"learned": LearnedPositionalEmbedding,
-                            "sinusoidal": SinusoidalPositionalEncoding}[config.positional]
-        self.position_embedding = positional_class(config.max_seq_len, config.d_model, dtype)
+        self.position_embedding = None
+        if config.positional != "rope":
+            positional_class = {"learned": LearnedPositionalEmbedding,
+                                "sinusoidal": SinusoidalPositionalEncoding}[config.positional]
+            self.position_embedding = positional_class(config.max_seq_len, config.d_model, dtype)
         self.dropout = Dropout(config.dropout, rng)
         self.blocks = [DecoderBlock(config, rng) for _ in range(config.n_layers)]
         self.final_norm = make_norm(config) if config.norm_first else None
@@ -97,8 +102,9 @@ class Decoder(Module):
         """ids: (B, T). positions: (T,) or (B, T), default 0..T-1. positions, kv_caches (one KVCache per
         block) and key_padding (B, T) serve incremental decoding; see CausalSelfAttention.forward."""
         self.passes += 1
-        embedded_positions = np.arange(ids.shape[1]) if positions is None else positions
-        x = self.token_embedding.forward(ids) + self.position_embedding.forward(embedded_positions)
+        x = self.token_embedding.forward(ids)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding.forward(np.arange(ids.shape[1]) if positions is None else positions)
         x = self.dropout.forward(x)
         for index, block in enumerate(self.blocks):
             x = block.forward(x, kv_cache=None if kv_caches is None else kv_caches[index], key_padding=key_padding,
@@ -112,5 +118,6 @@ class Decoder(Module):
         for block in reversed(self.blocks):
             dout = block.backward(dout)
         dout = self.dropout.backward(dout)
-        self.position_embedding.backward(dout)
+        if self.position_embedding is not None:
+            self.position_embedding.backward(dout)
         self.token_embedding.backward(dout)

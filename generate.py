@@ -1,4 +1,5 @@
-"""Generate text from a trained checkpoint or a Hugging Face GPT-2 directory, streaming it as it comes.
+"""Generate text from a trained checkpoint or a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2), streaming
+it as it comes.
 
     python generate.py --checkpoint out-shakespeare --prompt "ROMEO:" --max-new-tokens 300
     python generate.py --hf-model gpt2-dir --prompt "The meaning of life is" --top-k 40 --seed 1

@@ -51,14 +51,13 @@ class DecodingState:
 
     def __init__(self, model: TransformerLM, batch_size: int, capacity: int) -> None:
         config = model.config
-        head_dim = config.d_model // config.n_heads
         self.kv_caches = []
         for pattern in model.attention_patterns():
             # A pattern that never looks back more than `window` keys needs only that many slots, reused in turn.
             window = pattern.window
             rolling = window is not None and window < capacity
-            self.kv_caches.append(KVCache(batch_size, config.n_heads, window if rolling else capacity, head_dim,
-                                          config.numpy_dtype, rolling=rolling))
+            self.kv_caches.append(KVCache(batch_size, config.n_kv_heads, window if rolling else capacity,
+                                          config.head_dim, config.numpy_dtype, rolling=rolling))
         self.next_positions = np.zeros((batch_size, 1), dtype=np.int64)
 
 

@@ -3,8 +3,11 @@
     model = TransformerLM.from_pretrained("gpt2-dir")     # config.json + model.safetensors (+ tokenizer)
     model.save_pretrained("out-dir")                      # transformers.GPT2LMHeadModel.from_pretrained reads it
 
-Those two methods are thin: they call read_pretrained and save_pretrained here. This module knows the GPT-2
-format and the config, never the model class, so transformer_lm.py imports it and not the other way round.
+Those two methods are thin: they call read_pretrained and save_pretrained here (or hf_llama's, for Llama,
+Mistral and Qwen2). This module knows the GPT-2 format and the config, never the model class, so transformer_lm.py
+imports it and not the other way round. What every Hugging Face directory needs (read_config_json,
+weight_file_headers, merged_tensors, check_same_tensors, drop_tied_head, build_config, load_directory_tokenizer,
+write_export) is written here once and used by hf_llama.py too.
 
 A Hugging Face GPT-2 directory holds
     config.json                  the shape and options (n_layer, n_head, n_embd, n_positions, ...)
@@ -34,7 +37,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,12 +112,12 @@ GPT2_FIELD_NAMES = {"d_model": "n_embd", "n_heads": "n_head", "n_layers": "n_lay
                     "max_seq_len": "n_positions", "dropout": "resid_pdrop", "tie_weights": "tie_word_embeddings",
                     "layer_norm_eps": "layer_norm_epsilon"}
 
-# Every file of a GPT-2 directory that describes the model or its tokenizer, as written here or by
-# transformers. save_pretrained replaces them all, so nothing of an earlier export (a tokenizer, a shard, an
-# index) survives beside the new one to be loaded with it.
+# Every file of a Hugging Face model directory (GPT-2's, Llama's, ...) that describes the model or its
+# tokenizer, as written here or by transformers. save_pretrained replaces them all, so nothing of an earlier
+# export (a tokenizer, a shard, an index) survives beside the new one to be loaded with it.
 EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                 "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "added_tokens.json")
+                "added_tokens.json", "tokenizer.model")
 SHARD_FILE = re.compile(r"model-\d+-of-\d+\.safetensors")  # transformers' shard names
 
 
@@ -145,28 +148,41 @@ def read_pretrained(path: str | os.PathLike) -> tuple[TransformerConfig, dict[st
     section must hold) before any tensor is read, so config.json alone cannot make the caller allocate more
     than a few times the size of the weight files (float32 parameters and their gradients).
     """
-    directory = Path(path)
-    if not directory.is_dir():
-        error = NotADirectoryError if directory.exists() else FileNotFoundError
-        raise error(f"{directory}: not a directory; expected a Hugging Face GPT-2 directory holding config.json "
-                    "and model.safetensors")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory}: no config.json; expected a Hugging Face GPT-2 directory holding "
-                                "config.json and model.safetensors")
-    config = config_from_gpt2(read_json_object(config_file), source=config_file)
+    directory, hf_config = read_config_json(path)
+    config = config_from_gpt2(hf_config, source=directory / "config.json")
     headers = weight_file_headers(directory)
     check_declared_shapes(config, by_gpt2_name(headers), source=directory)
 
     tensors = by_gpt2_name({file: load_file(file) for file in headers})
-    if config.tie_weights and LM_HEAD in tensors:
-        # Some converters store the tied head anyway; then it must be a copy of the embedding.
-        head = tensors.pop(LM_HEAD)
-        if "wte.weight" in tensors and not np.array_equal(head, tensors["wte.weight"]):
-            raise ValueError(f"{directory}: lm_head.weight differs from wte.weight, but config.json says "
-                             "tie_word_embeddings is true")
+    if config.tie_weights:
+        drop_tied_head(tensors, LM_HEAD, "wte.weight", directory)
     weights = our_weights(config.parameter_shapes(), tensors, source=directory)
-    return config, weights, load_gpt2_tokenizer(directory, config.vocab_size)
+    return config, weights, load_directory_tokenizer(directory, config.vocab_size)
+
+
+def read_config_json(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(the directory `path`, its config.json as a dict), for any Hugging Face model directory; FileNotFoundError
+    or NotADirectoryError when either is missing, ValueError when config.json is not a JSON object."""
+    directory = Path(path)
+    expected = "expected a Hugging Face model directory holding config.json and model.safetensors"
+    if not directory.is_dir():
+        error = NotADirectoryError if directory.exists() else FileNotFoundError
+        raise error(f"{directory}: not a directory; {expected}")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json; {expected}")
+    return directory, read_json_object(config_file)
+
+
+def drop_tied_head(tensors: dict[str, np.ndarray], head: str, embedding: str, directory: Path) -> None:
+    """Remove the output head `head` from `tensors` (HF name -> array) of a tied model: some converters store it
+    anyway, and then it must be a copy of the embedding `embedding`; ValueError otherwise."""
+    if head not in tensors:
+        return
+    stored = tensors.pop(head)
+    if embedding in tensors and not np.array_equal(stored, tensors[embedding]):
+        raise ValueError(f"{directory}: {head} differs from {embedding}, but config.json says tie_word_embeddings "
+                         "is true")
 
 
 def config_from_gpt2(gpt2_config: dict[str, Any], source: Path) -> TransformerConfig:
@@ -186,25 +202,32 @@ def config_from_gpt2(gpt2_config: dict[str, Any], source: Path) -> TransformerCo
     missing = [name for name in SHAPE_FIELDS if name not in gpt2_config]
     if missing:
         raise ValueError(f"{source}: lacks the field {missing[0]!r}, needed for the model's shape")
+    return build_config(
+        source, GPT2_FIELD_NAMES,
+        vocab_size=gpt2_config["vocab_size"],
+        d_model=gpt2_config["n_embd"],
+        n_heads=gpt2_config["n_head"],
+        n_layers=gpt2_config["n_layer"],
+        d_ff=gpt2_config.get("n_inner"),  # None -> 4 * d_model, as in GPT-2
+        max_seq_len=gpt2_config["n_positions"],
+        dropout=gpt2_config.get("resid_pdrop", 0.1),
+        positional="learned",
+        norm_first=True,
+        tie_weights=gpt2_config.get("tie_word_embeddings", True),
+        activation=ACTIVATIONS_FROM_GPT2[activation],
+        layer_norm_eps=gpt2_config.get("layer_norm_epsilon", 1e-5),
+        init="gpt2",
+        dtype="float32",
+    )
+
+
+def build_config(source: Path, field_names: Mapping[str, str], **fields: Any) -> TransformerConfig:
+    """TransformerConfig(**fields), or ValueError naming `source` and, through `field_names` (our field -> the
+    config.json field it came from), the config.json field of any value TransformerConfig refuses."""
     try:
-        return TransformerConfig(
-            vocab_size=gpt2_config["vocab_size"],
-            d_model=gpt2_config["n_embd"],
-            n_heads=gpt2_config["n_head"],
-            n_layers=gpt2_config["n_layer"],
-            d_ff=gpt2_config.get("n_inner"),  # None -> 4 * d_model, as in GPT-2
-            max_seq_len=gpt2_config["n_positions"],
-            dropout=gpt2_config.get("resid_pdrop", 0.1),
-            positional="learned",
-            norm_first=True,
-            tie_weights=gpt2_config.get("tie_word_embeddings", True),
-            activation=ACTIVATIONS_FROM_GPT2[activation],
-            layer_norm_eps=gpt2_config.get("layer_norm_epsilon", 1e-5),
-            init="gpt2",
-            dtype="float32",
-        )
+        return TransformerConfig(**fields)
     except (TypeError, ValueError) as error:
-        named = [f"{ours} is {theirs} in config.json" for ours, theirs in GPT2_FIELD_NAMES.items()
+        named = [f"{ours} is {theirs} in config.json" for ours, theirs in field_names.items()
                  if re.search(rf"\b{ours}\b", str(error))]
         raise ValueError(f"{source}: cannot be represented: {error}" + (f" ({'; '.join(named)})" if named else "")
                          ) from None
@@ -266,15 +289,26 @@ def by_gpt2_name(contents: Mapping[Path, Mapping[str, Any]]) -> dict[str, Any]:
     The values are whatever was read: arrays (load_file) or TensorSpecs (read_header). The causal-mask
     buffers of old files are dropped; a name stored twice is refused.
     """
+    def gpt2_stored_name(stored_name):
+        name = stored_name.removeprefix(BODY_PREFIX)
+        return None if CAUSAL_MASK_BUFFER.fullmatch(name) else name
+    return merged_tensors(contents, gpt2_stored_name)
+
+
+def merged_tensors(contents: Mapping[Path, Mapping[str, Any]], rename: Callable[[str], str | None]
+                   ) -> dict[str, Any]:
+    """{file: {stored name: value}} -> {rename(stored name): value} over all files (read_header's TensorSpecs or
+    load_file's arrays), leaving out the names that `rename` maps to None; a name stored twice (in two shards, or
+    with and without a prefix that `rename` drops) is refused."""
     merged = {}
     for file, stored in contents.items():
         for stored_name, value in stored.items():
-            name = stored_name.removeprefix(BODY_PREFIX)
-            if CAUSAL_MASK_BUFFER.fullmatch(name):
+            name = rename(stored_name)
+            if name is None:
                 continue
             if name in merged:
-                raise ValueError(f"{file}: tensor {name!r} is stored twice (with and without the "
-                                 f"{BODY_PREFIX!r} prefix, or in two shards)")
+                raise ValueError(f"{file}: tensor {name!r} is stored twice (in two shards, or with and without "
+                                 "a prefix)")
             merged[name] = value
     return merged
 
@@ -330,11 +364,11 @@ def others(names: Sequence[str]) -> str:
     return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
 
 
-def load_gpt2_tokenizer(directory: Path, vocab_size: int) -> Tokenizer | None:
-    """The tokenizer in `directory` as tokenizer.load_tokenizer finds it (GPT-2's vocab.json + merges.txt, or the
-    tokenizer.json current transformers saves), or None when there is none. One of vocab.json and merges.txt
-    without the other (and no tokenizer.json) is a damaged directory, refused rather than loaded without its
-    tokenizer."""
+def load_directory_tokenizer(directory: Path, vocab_size: int) -> Tokenizer | None:
+    """The tokenizer in `directory` as tokenizer.load_tokenizer finds it (GPT-2's vocab.json + merges.txt, or a
+    tokenizer.json: GPT-2's as current transformers saves it, or Llama's, Qwen2's, ...), or None when there is none.
+    One of vocab.json and merges.txt without the other (and no tokenizer.json) is a damaged directory, refused
+    rather than loaded without its tokenizer."""
     try:
         tokenizer = load_tokenizer(directory)
     except (OSError, TypeError, ValueError) as error:
@@ -361,7 +395,45 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def save_pretrained(model: TransformerLM, path: str | os.PathLike) -> None:
     """Write `model` into directory `path` (created if needed) in the layout of transformers' GPT-2:
     model.safetensors, config.json, and vocab.json + merges.txt when `model.tokenizer` is a
-    ByteBPETokenizer.
+    ByteBPETokenizer. See write_export for how the files are put in place.
+
+    Raises ValueError, before writing anything, when a setting of the model has no GPT-2 equivalent or the
+    config cannot be written as JSON, or when `path` holds a train.py checkpoint (whose config.json and
+    tokenizer files the export would replace); NotADirectoryError when `path` is an existing file.
+    """
+    config = model.config
+    problem = unsupported_setting(config)
+    if problem is not None:
+        raise ValueError(problem)
+    tokenizer = model.tokenizer
+    if not isinstance(tokenizer, ByteBPETokenizer):
+        tokenizer = None  # only GPT-2's byte-level BPE has a GPT-2 form; a character tokenizer stays behind
+    tensors = {}
+    for name, value in model.parameters().items():
+        stored_name = gpt2_name(name)
+        if stored_name != LM_HEAD:
+            stored_name = BODY_PREFIX + stored_name
+        tensors[stored_name] = value.astype(np.float32, copy=False)
+    write_export(path, tensors, gpt2_config(config, tokenizer), tokenizer)
+
+
+def unsupported_setting(config: TransformerConfig) -> str | None:
+    """Why the GPT-2 layout cannot hold a model of `config` (the first setting it has no equivalent for), or
+    None when it can."""
+    for name, (gpt2_value, gpt2_behaviour) in GPT2_ARCHITECTURE.items():
+        value = getattr(config, name)
+        if value != gpt2_value:
+            return f"{name}={value!r} has no GPT-2 equivalent ({gpt2_behaviour}: {name}={gpt2_value!r})"
+    if config.activation not in ACTIVATIONS_TO_GPT2:
+        return (f"activation={config.activation!r} has no GPT-2 equivalent (GPT-2's feed-forward is Linear, GELU, "
+                f"Linear: activation in {list(ACTIVATIONS_TO_GPT2)})")
+    return None
+
+
+def write_export(path: str | os.PathLike, tensors: dict[str, np.ndarray], hf_config: dict[str, Any],
+                 tokenizer: Tokenizer | None) -> None:
+    """Write a Hugging Face model directory `path` (created if needed): `tensors` (stored name -> array) as
+    model.safetensors, `hf_config` as config.json, and the tokenizer's own files when it is not None.
 
     The export is written whole. Its files are first written into a fresh staging directory inside `path`;
     then the files of any earlier export there (EXPORT_FILES and shards) are removed and the new ones renamed
@@ -369,33 +441,14 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike) -> None:
     the renames leaves no config.json, so the directory refuses to load rather than mixing two exports. Other
     files in `path` are kept.
 
-    Raises ValueError, before writing anything, when a setting of the model has no GPT-2 equivalent or the
-    config cannot be written as JSON, or when `path` holds a train.py checkpoint (whose config.json and
-    tokenizer files the export would replace); NotADirectoryError when `path` is an existing file.
+    Raises ValueError, before writing anything, when `hf_config` cannot be written as JSON or `path` holds a
+    train.py checkpoint; NotADirectoryError when `path` is an existing file.
     """
-    config = model.config
-    for name, (gpt2_value, gpt2_behaviour) in GPT2_ARCHITECTURE.items():
-        value = getattr(config, name)
-        if value != gpt2_value:
-            raise ValueError(f"{name}={value!r} has no GPT-2 equivalent ({gpt2_behaviour}: {name}={gpt2_value!r})")
-    if config.activation not in ACTIVATIONS_TO_GPT2:
-        raise ValueError(f"activation={config.activation!r} has no GPT-2 equivalent (GPT-2's feed-forward is "
-                         f"Linear, GELU, Linear: activation in {list(ACTIVATIONS_TO_GPT2)})")
-    tokenizer = model.tokenizer
-    if not isinstance(tokenizer, ByteBPETokenizer):
-        tokenizer = None  # only GPT-2's byte-level BPE has a GPT-2 form; a character tokenizer stays behind
     try:
-        config_text = json.dumps(gpt2_config(config, tokenizer), indent=2, allow_nan=False) + "\n"
+        config_text = json.dumps(hf_config, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
         raise ValueError(f"the model's config cannot be written as config.json ({error}); its fields must be "
                          "plain Python numbers, strings and booleans, and finite") from None
-    tensors = {}
-    for name, value in model.parameters().items():
-        stored_name = gpt2_name(name)
-        if stored_name != LM_HEAD:
-            stored_name = BODY_PREFIX + stored_name
-        tensors[stored_name] = value.astype(np.float32, copy=False)
-
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory}: exists and is not a directory; save_pretrained writes a directory")

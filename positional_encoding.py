@@ -55,3 +55,37 @@ class LearnedPositionalEmbedding(Embedding):
         if dout.ndim > self.ids.ndim + 1:
             dout = dout.sum(axis=0)
         super().backward(dout)
+
+
+def rope_tables(positions: npt.ArrayLike, head_dim: int, theta: float, dtype: npt.DTypeLike
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The cosines and sines of rotary position embeddings (RoPE, Su et al. 2021), in Hugging Face Llama's
+    "rotate half" layout: coordinate i of a head pairs with coordinate i + head_dim / 2, and the pair turns by
+    position * theta^(-2i / head_dim).
+
+    positions: integers (T,) or (B, T) -> cos, sin of shape (T, D) or (B, 1, T, D), to broadcast against heads
+    (B, H, T, D). Computed in float64 (angles reach 10^5 radians and more), then cast to dtype.
+    """
+    inverse_frequencies = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.asarray(positions, dtype=np.float64)[..., None] * inverse_frequencies  # (..., T, D/2)
+    angles = np.concatenate([angles, angles], axis=-1)
+    if angles.ndim == 3:
+        angles = angles[:, None]  # (B, 1, T, D): the same rotation for every head of a row
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each pair (x_i, x_{i+D/2}) of x (B, H, T, D) by its angle: x * cos + rotate_half(x) * sin, with
+    rotate_half(x) = [-x_second_half, x_first_half]."""
+    half = x.shape[-1] // 2
+    rotated = np.empty_like(x)
+    rotated[..., :half] = -x[..., half:]
+    rotated[..., half:] = x[..., :half]
+    rotated *= sin
+    rotated += x * cos
+    return rotated
+
+
+def apply_rope_backward(dout: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """The gradient of apply_rope: a rotation's transpose is the rotation by the opposite angle."""
+    return apply_rope(dout, cos, -sin)

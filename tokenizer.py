@@ -1419,18 +1419,18 @@ Tokenizer = Union[CharTokenizer, ByteBPETokenizer, HFTokenizer]
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
     """The tokenizer saved in ``directory``, of the class its files say; None when it holds no tokenizer files.
 
-    vocab.json + merges.txt: a ByteBPETokenizer (GPT-2's files, as ``ByteBPETokenizer.save`` and Hugging Face
-    write them). Otherwise tokenizer.json: a CharTokenizer when it says ``"type": "char"`` (what
-    ``CharTokenizer.save`` writes), else the `tokenizers` library's format: a ByteBPETokenizer for GPT-2's pipeline
-    (what current transformers saves for GPT-2), an HFTokenizer for any other (Llama, Mistral, Qwen2, SmolLM).
-    One of vocab.json and merges.txt without the other (and no tokenizer.json) is a damaged directory: a
-    FileNotFoundError naming the missing one, not a model silently loaded without its tokenizer.
+    tokenizer.json first, since it describes the whole pipeline: a CharTokenizer when it says ``"type": "char"``
+    (what ``CharTokenizer.save`` writes), else the `tokenizers` library's format: a ByteBPETokenizer for GPT-2's
+    pipeline (what current transformers saves for GPT-2), an HFTokenizer for any other (Llama, Mistral, Qwen2,
+    SmolLM; their Hub directories may also hold vocab.json + merges.txt, which alone would lose their own
+    pre-tokenization). Otherwise vocab.json + merges.txt: a ByteBPETokenizer (GPT-2's files, as
+    ``ByteBPETokenizer.save`` and Hugging Face write them). One of vocab.json and merges.txt without the other
+    (and no tokenizer.json) is a damaged directory: a FileNotFoundError naming the missing one, not a model silently
+    loaded without its tokenizer.
     """
     directory = Path(directory)
     vocab_file, merges_file, single_file = (directory / name for name in ("vocab.json", "merges.txt",
                                                                           CHAR_TOKENIZER_FILE))
-    if vocab_file.is_file() and merges_file.is_file():
-        return ByteBPETokenizer.load(directory)
     if single_file.is_file():
         data = read_json(single_file)
         if isinstance(data, dict) and data.get("type") == "char":
@@ -1438,6 +1438,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
         if isinstance(data, dict) and not _describes_gpt2(data):
             return HFTokenizer(data, str(single_file))
         return ByteBPETokenizer._from_tokenizer_json_data(data, single_file)
+    if vocab_file.is_file() and merges_file.is_file():
+        return ByteBPETokenizer.load(directory)
     if vocab_file.is_file() or merges_file.is_file():
         present, absent = (vocab_file, merges_file) if vocab_file.is_file() else (merges_file, vocab_file)
         raise FileNotFoundError(f"{directory}: has {present.name} but no {absent.name} (nor {CHAR_TOKENIZER_FILE}); "

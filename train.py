@@ -49,9 +49,9 @@ from transformer_lm import TransformerLM
 # Every setting's value when neither a preset nor a flag sets it: GPT-2's architecture and initialization, as
 # nanoGPT uses, and the "small" model (a few minutes on a laptop CPU for any text file).
 DEFAULTS = dict(
-    n_layers=2, n_heads=4, d_model=64, block_size=64, dropout=0.0, positional="learned", norm_first=True,
-    norm="layernorm", activation="gelu_tanh", bias=True, init="gpt2", dtype="float32", attention="full", window=None,
-    stride=None, summary=None,
+    n_layers=2, n_heads=4, d_model=64, d_ff=None, block_size=64, dropout=0.0, positional="learned",
+    rope_theta=10000.0, n_kv_heads=None, head_dim=None, norm_first=True, norm="layernorm", activation="gelu_tanh",
+    bias=True, qkv_bias=None, init="gpt2", dtype="float32", attention="full", window=None, stride=None, summary=None,
     adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6,
     batch_size=16, max_iters=1000, lr=1e-3, min_lr=1e-4, warmup_iters=50, lr_decay_iters=None, schedule="cosine",
     weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, grad_accum_steps=1,
@@ -69,6 +69,10 @@ TRAINING_PRESETS = {
     # nanoGPT's CPU quick start for tiny Shakespeare (config/train_shakespeare_char.py + its README flags).
     "shakespeare-char-cpu": dict(model="nanogpt-cpu", batch_size=12, max_iters=2000, warmup_iters=100,
                                  eval_interval=250, log_interval=10),
+    # The same run with Llama's choices at the same size and parameter count (model preset modern-cpu: RoPE,
+    # RMSNorm, SwiGLU, 2 key/value heads for 4 query heads, no biases).
+    "shakespeare-char-modern": dict(model="modern-cpu", batch_size=12, max_iters=2000, warmup_iters=100,
+                                    eval_interval=250, log_interval=10),
 }
 # --preset accepts both namespaces: a model preset's name trains that shape with the default training settings.
 PRESET_NAMES = (*TRAINING_PRESETS, *MODEL_PRESETS)
@@ -79,10 +83,18 @@ CHOICES = dict(MODEL_CHOICES, preset=PRESET_NAMES, tokenizer=("char", "bpe"), sc
 
 # The settings that are the model's shape (TransformerConfig fields), besides block_size (its max_seq_len) and
 # max_span. train() takes them from the model it is given.
-MODEL_SETTINGS = ("d_model", "n_heads", "n_layers", "dropout", "positional", "norm_first", "norm", "activation",
-                  "bias", "init", "dtype", "attention", "window", "stride", "summary", "adaptive_span", "span_ramp",
-                  "span_loss_coefficient")
+MODEL_SETTINGS = ("d_model", "d_ff", "n_heads", "n_layers", "dropout", "positional", "rope_theta", "n_kv_heads",
+                  "head_dim", "norm_first", "norm", "activation", "bias", "qkv_bias", "init", "dtype", "attention",
+                  "window", "stride", "summary", "adaptive_span", "span_ramp", "span_loss_coefficient")
 MODEL_KEYS = (*MODEL_SETTINGS, "block_size", "max_span")
+# The settings that TransformerConfig derives from others when they are unset (None): one key/value head per query
+# head, d_model / n_heads wide heads, biases on q, k, v as on every other linear map, and a 4 * d_model wide
+# feed-forward.
+DERIVED_SETTINGS = {
+    "d_ff": lambda config: 4 * config.d_model,
+    "n_kv_heads": lambda config: config.n_heads,
+    "head_dim": lambda config: config.d_model // config.n_heads if config.d_model % config.n_heads == 0 else None,
+    "qkv_bias": lambda config: config.bias}
 
 
 class TrainingError(ValueError):
@@ -100,9 +112,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def model_preset_settings(config: TransformerConfig) -> dict:
-    """The settings that describe `config`'s shape (its vocab_size aside: the data sets it)."""
-    return {**{name: getattr(config, name) for name in MODEL_SETTINGS}, "block_size": config.max_seq_len,
-            "max_span": config.max_span}
+    """The settings that describe `config`'s shape (its vocab_size aside: the data sets it). A derived setting
+    (DERIVED_SETTINGS) that has its derived value is left unset, so that --n-heads, --d-model or --no-bias on top of
+    a preset derive it again instead of keeping the preset's."""
+    settings = {name: getattr(config, name) for name in MODEL_SETTINGS}
+    for name, derived in DERIVED_SETTINGS.items():
+        if settings[name] == derived(config):
+            settings[name] = None
+    return {**settings, "block_size": config.max_seq_len, "max_span": config.max_span}
 
 
 def preset_settings(name: str) -> dict:
@@ -127,9 +144,10 @@ def presets_table() -> str:
         if name not in TRAINING_PRESETS:
             origin = "model preset (TransformerConfig.from_preset), default training settings: "
         values = " ".join(f"{key}={show(value)}" for key, value in changes.items()) or "the defaults"
-        lines.append(f"  {name:22}{origin}{values}")
-    lines.append("  Without --preset: 'sort' without --data, 'small' with it. The names sort, small and "
-                 "shakespeare-char-cpu are training-only; TransformerConfig.from_preset knows the others.")
+        lines.append(f"  {name:25}{origin}{values}")
+    lines.append("  Without --preset: 'sort' without --data, 'small' with it. The names sort, small, "
+                 "shakespeare-char-cpu and shakespeare-char-modern are training-only; TransformerConfig.from_preset "
+                 "knows the others.")
     return "\n".join(lines)
 
 
@@ -159,13 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--n-layers", type=int)
     add("--n-heads", type=int)
     add("--d-model", type=int)
+    add("--d-ff", type=int, help="hidden width of the feed-forward, of each of its two input maps with --activation "
+        "swiglu (default: 4 * --d-model)")
     add("--dropout", type=float)
-    add("--positional", choices=CHOICES["positional"])
+    add("--positional", choices=CHOICES["positional"], help="position vectors added to the tokens (sinusoidal, "
+        "learned: GPT-2's), or queries and keys rotated per head (rope: Llama's)")
+    add("--rope-theta", type=float, help="base of the rotary frequencies with --positional rope")
+    add("--n-kv-heads", type=int, help="key/value heads, each shared by a group of query heads (grouped-query "
+        "attention; 1: multi-query); must divide --n-heads (default: --n-heads)")
+    add("--head-dim", type=int, help="width of each attention head (default: --d-model / --n-heads)")
     add("--norm-first", action=argparse.BooleanOptionalAction, help="pre-LN or post-LN")
     add("--norm", choices=CHOICES["norm"], help="LayerNorm or RMSNorm (Llama's: gain only)")
     add("--activation", choices=CHOICES["activation"], help="feed-forward: GELU (tanh form or exact) or Llama's "
-        "gated SwiGLU (its hidden width is 4 * --d-model too)")
+        "gated SwiGLU (its hidden width is --d-ff too)")
     add("--bias", action=argparse.BooleanOptionalAction, help="biases in every linear map and LayerNorm")
+    add("--qkv-bias", action=argparse.BooleanOptionalAction, help="biases on the query, key and value projections "
+        "(Qwen2: --no-bias --qkv-bias; default: as --bias)")
     add("--init", choices=CHOICES["init"])
     add("--attention", choices=CHOICES["attention"], help="attention pattern")
     add("--window", type=int, help="keys each query sees with --attention sliding (itself included)")
@@ -244,13 +271,18 @@ SETTING_RULES = {
     "lr_decay_iters": integer_rule(1, unset_means="--max-iters"),
     "max_span": integer_rule(1, unset_means="--block-size"),
     **{name: integer_rule(1, unset_means="the pattern does not use it") for name in ("window", "stride", "summary")},
+    "n_kv_heads": integer_rule(1, unset_means="--n-heads"),
+    "d_ff": integer_rule(1, unset_means="4 * --d-model"),
+    "head_dim": integer_rule(1, unset_means="--d-model / --n-heads"),
     # 256 byte tokens and <|endoftext|> at least; token files hold ids as uint16.
     "bpe_vocab_size": integer_rule(257, 65536),
     **{name: number_rule(0) for name in ("lr", "min_lr", "weight_decay", "grad_clip", "span_loss_coefficient")},
     **{name: number_rule(0, below=1) for name in ("dropout", "beta1", "beta2")},
+    "rope_theta": lambda value: "a finite number > 0" if number_rule(0)(value) or value == 0 else None,
     **{name: choice_rule(choices) for name, choices in CHOICES.items()},
     **{name: lambda value: None if isinstance(value, bool) else "true or false"
        for name in ("norm_first", "bias", "adaptive_span")},
+    "qkv_bias": lambda value: None if value is None or isinstance(value, bool) else "true or false (or unset: --bias)",
     "data": lambda value: None if value is None or (isinstance(value, str) and value) else "a text file's path",
 }
 # A resumed run keeps these (its tokens and its defaults); to change them, start a new run.
@@ -259,7 +291,7 @@ KEPT_ON_RESUME = ("preset", "tokenizer", "bpe_vocab_size")
 ONLY_WITH = {"bpe_vocab_size": ("tokenizer", "bpe"), "max_span": ("adaptive_span", True),
              "span_ramp": ("adaptive_span", True), "span_loss_coefficient": ("adaptive_span", True),
              "min_lr": ("schedule", "cosine"), "warmup_iters": ("schedule", "cosine"),
-             "lr_decay_iters": ("schedule", "cosine")}
+             "lr_decay_iters": ("schedule", "cosine"), "rope_theta": ("positional", "rope")}
 # The sorting task has its own block size and tokens, and reports accuracy instead of a sample.
 TEXT_ONLY = ("block_size", "tokenizer", "bpe_vocab_size", "sample_tokens")
 
@@ -341,8 +373,9 @@ def merge_settings(given: dict, saved: dict | None = None, model: TransformerCon
                                 f"which a resumed run keeps; start a new run in another --out-dir to change it")
     if model:
         for name in MODEL_KEYS:
-            if name in given and given[name] != shape[name]:
-                raise TrainingError(f"{name}={given[name]!r}: the model has {name}={shape[name]!r}, and a run "
+            has = getattr(model, name) if name in DERIVED_SETTINGS else shape[name]  # derived: the value, not None
+            if name in given and given[name] != shape[name] and given[name] != has:
+                raise TrainingError(f"{name}={given[name]!r}: the model has {name}={has!r}, and a run "
                                     "takes its shape from the model; build another model to change it")
     try:
         learning_rate(settings, 0)

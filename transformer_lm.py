@@ -11,6 +11,7 @@ The settings (TransformerConfig, PRESETS, CHOICES, IGNORE_INDEX) live in transfo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ import numpy.typing as npt
 
 import generation
 import hf_gpt2
+import hf_llama
 from attention import AttentionPattern
 from checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from decoder import Decoder
@@ -206,22 +208,39 @@ class TransformerLM(Module):
                                  top_p=top_p, stop_tokens=stop_tokens, seed=seed, crop_context=crop_context)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> TransformerLM:
-        """A model, in eval mode, with the weights of the Hugging Face GPT-2 directory `path` (config.json +
-        model.safetensors, or shards), and GPT-2's tokenizer as `model.tokenizer` when the directory has its
-        files (else None). The directory is checked whole before the model is built; see
-        hf_gpt2.read_pretrained for what it refuses."""
-        config, weights, tokenizer = hf_gpt2.read_pretrained(path)
-        model = cls(config)
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32") -> TransformerLM:
+        """A model of `dtype`, in eval mode, with the weights of the Hugging Face directory `path` (config.json +
+        model.safetensors, or shards) of a GPT-2, Llama, Mistral or Qwen2 model, and its tokenizer as
+        `model.tokenizer` when the directory has one (else None). The directory is checked whole before the model
+        is built; see hf_gpt2.read_pretrained and hf_llama.read_pretrained for what they refuse."""
+        _, hf_config = hf_gpt2.read_config_json(path)
+        model_type = hf_config.get("model_type")
+        if model_type != "gpt2" and (not isinstance(model_type, str) or model_type not in hf_llama.ARCHITECTURES):
+            raise ValueError(f"{path}: config.json has model_type {model_type!r:.40} (architectures "
+                             f"{hf_config.get('architectures')!r:.80}); supported: 'gpt2' (GPT2LMHeadModel), "
+                             + ", ".join(f"{name!r} ({cls_name})" for name, cls_name in hf_llama.ARCHITECTURES.items()))
+        reader = hf_gpt2 if model_type == "gpt2" else hf_llama
+        config, weights, tokenizer = reader.read_pretrained(path)
+        model = cls(dataclasses.replace(config, dtype=dtype))
         for name, value in model.parameters().items():
             value[...] = weights[name]  # F16 and BF16 widen to the model's dtype
         model.tokenizer = tokenizer
         return model.eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write this model in the Hugging Face GPT-2 layout (transformers.GPT2LMHeadModel loads it); see
-        hf_gpt2.save_pretrained."""
-        hf_gpt2.save_pretrained(self, path)
+        """Write this model as a Hugging Face directory that transformers.AutoModelForCausalLM loads: GPT-2's
+        layout for a GPT-2-style model (hf_gpt2.save_pretrained), else Llama's, Qwen2's or Mistral's
+        (hf_llama.save_pretrained); ValueError naming the setting when neither can express it."""
+        config = self.config
+        gpt2_problem, llama_problem = hf_gpt2.unsupported_setting(config), hf_llama.unsupported_setting(config)
+        if gpt2_problem is None:
+            hf_gpt2.save_pretrained(self, path)
+        elif llama_problem is None:
+            hf_llama.save_pretrained(self, path)
+        else:  # the message starts with the format the model is closer to
+            modern = config.positional == "rope" or config.norm == "rmsnorm" or config.activation == "swiglu"
+            first, second = (llama_problem, gpt2_problem) if modern else (gpt2_problem, llama_problem)
+            raise ValueError(f"{first}; and {second}")
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write this model and its tokenizer (self.tokenizer, when set) as this project's checkpoint: config.json,
@@ -244,15 +263,16 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     load_model_and_tokenizer(args.checkpoint, args.hf_model) reads either."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory written by train.py (or its --out-dir)")
-    source.add_argument("--hf-model", help="a Hugging Face GPT-2 directory: config.json, model.safetensors, "
-                                           "vocab.json, merges.txt")
+    source.add_argument("--hf-model", help="a Hugging Face GPT-2, Llama, Mistral or Qwen2 directory: config.json, "
+                                           "model.safetensors, and tokenizer.json (or vocab.json + merges.txt)")
 
 
 def load_model_and_tokenizer(checkpoint: str | os.PathLike | None = None, hf_model: str | os.PathLike | None = None,
                              require_tokenizer: bool = False) -> tuple[TransformerLM, object]:
     """(model, its tokenizer or None) from exactly one source: a train.py checkpoint directory (or run directory)
-    or a Hugging Face GPT-2 directory; what the command-line tools load. Any problem is a CheckpointError, a
-    ValueError or an OSError that says what; require_tokenizer=True makes a model saved without one an error."""
+    or a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2); what the command-line tools load. Any problem is a
+    CheckpointError, a ValueError or an OSError that says what; require_tokenizer=True makes a model saved without
+    one an error."""
     if (checkpoint is None) == (hf_model is None):
         raise ValueError("give exactly one of checkpoint and hf_model")
     if checkpoint is not None:

@@ -52,6 +52,20 @@ def check_gradients(loss_fn, analytic, arrays, rng, max_count=40):
     return errors
 
 
+def check_model(model, ids, targets, rng, max_count=12):
+    """Gradient check of a whole model's loss(ids, targets) over every parameter, with its dropout generator rewound
+    before every evaluation so that all of them use the same masks. Returns name -> relative error."""
+    state = model.rng.bit_generator.state
+
+    def loss():
+        model.rng.bit_generator.state = state
+        return model.loss(ids, targets)
+
+    loss()
+    analytic = {name: grad.copy() for name, grad in model.backward().items()}
+    return check_gradients(loss, analytic, model.parameters(), rng, max_count=max_count)
+
+
 def check_layer(layer, x, rng, dropout_rng=None, max_count=40):
     """Gradient check of a layer with forward(x) / backward(dout) against L = sum(forward(x) * W)
     for a fixed random W, over the input and every parameter (its sub-modules' included).

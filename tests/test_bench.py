@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, require_oracle
 
 import bench
 
@@ -105,3 +105,53 @@ def test_render_refuses_a_file_that_is_not_results(tmp_path):
 def test_committed_benchmarks_md_is_the_rendering_of_benchmarks_json():
     saved = json.loads((ROOT / "BENCHMARKS.json").read_text(encoding="utf-8"))
     assert (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8") == bench.markdown(saved) + "\n"
+
+
+def modern_results():
+    """A run's results with the modern section's rows and a tiny-Shakespeare run that trained the modern preset."""
+    rows = [dict(section="modern", case="SmolLM2-135M shape forward, B=1, T=256", ours=[0.2], theirs=[0.25], note="f"),
+            dict(section="modern", case="greedy", ours=[4.0], theirs=[5.0], note="same 128 tokens: yes"),
+            dict(section="modern, KV-cache memory", case="64 + 128 tokens", ours=[11.25], theirs=[33.75], note="m")]
+
+    def eval_rows(offset, spans=False):
+        return [dict(iter=iteration, train_loss=3.0 - offset - iteration / 1000,
+                     val_loss=3.1 - offset - iteration / 1000, ms_per_iter=40.0,
+                     **(dict(spans=[[1.0, 2.0]]) if spans else {})) for iteration in (0, 250)]
+    shakespeare = dict(reference={"0": [4.2, 4.2]}, full=dict(rows=eval_rows(0.0), seconds=100.0),
+                       adaptive=dict(rows=eval_rows(0.1, spans=True), seconds=110.0),
+                       modern=dict(rows=eval_rows(0.2), seconds=120.0))
+    saved = results(shakespeare=shakespeare)
+    saved["threads"]["1"]["rows"] = rows
+    return saved
+
+
+def test_markdown_renders_the_modern_section_and_the_modern_shakespeare_column():
+    text = bench.markdown(modern_results())
+    timing = table(text, "modern")
+    assert timing[0] == "| threads | case | ours (ms) | transformers (ms) | ratio | note |"
+    assert timing[2].split(" | ")[4] == "0.80" and len(timing) == 4
+    memory = table(text, "modern, KV-cache memory")
+    assert memory[0].startswith("| threads | case | n_kv_heads 3 (MB) | n_kv_heads 9 (multi-head) (MB) |")
+    assert memory[2].split(" | ")[4] == "0.33"
+    shakespeare = text.split("## Tiny Shakespeare", 1)[1]
+    assert "| adaptive span val | modern val |" in shakespeare
+    assert "| 250 | 2.7500 | 2.8500 |  | | | 2.7500 | 2.6500 |" in shakespeare
+    assert "Modern: 120 s, median 40.0 ms/iter." in shakespeare
+    without = modern_results()
+    del without["shakespeare"]["modern"]
+    assert "modern" not in bench.markdown(without).split("## Tiny Shakespeare", 1)[1].lower()
+
+
+def test_modern_section_runs_once_at_one_thread():
+    assert "modern" in bench.SECTIONS
+    assert list(bench.bench_modern(2, True, 1, {})) == []
+
+
+def test_modern_section_quick_mode_meets_its_exactness_targets():
+    # A 2-layer SmolLM2-shaped model (vocabulary 2048) against transformers' LlamaForCausalLM, same weights.
+    require_oracle("transformers")
+    rows = list(bench.bench_modern(1, True, 1, {}))
+    assert [row["section"] for row in rows] == ["modern", "modern", "modern, KV-cache memory"]
+    assert float(rows[0]["note"].split("max logit difference ")[1].split(";")[0]) < 1e-4
+    assert "same 16 tokens: yes" in rows[1]["note"]
+    assert rows[2]["ours"][0] * 3 == pytest.approx(rows[2]["theirs"][0], rel=1e-12)

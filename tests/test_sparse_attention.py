@@ -3,7 +3,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from gradcheck import RELATIVE_ERROR_BOUND, check_gradients, check_layer
+from gradcheck import RELATIVE_ERROR_BOUND, check_layer, check_model
 
 from attention import CausalSelfAttention, KVCache
 from generation import DecodingState, decode, greedy_without_cache, left_pad
@@ -200,15 +200,7 @@ def test_whole_model_gradient_check(pattern):
     model = small_model(pattern, seed=1, dropout=0.1, norm_first=True).train()
     rng = np.random.default_rng(8)
     ids, targets = rng.integers(0, 11, (2, 9)), rng.integers(0, 11, (2, 9))
-    state = model.rng.bit_generator.state
-
-    def loss():
-        model.rng.bit_generator.state = state
-        return model.loss(ids, targets)
-
-    loss()
-    analytic = {name: grad.copy() for name, grad in model.backward().items()}
-    errors = check_gradients(loss, analytic, model.parameters(), np.random.default_rng(9), max_count=10)
+    errors = check_model(model, ids, targets, np.random.default_rng(9), max_count=10)
     assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
 
 

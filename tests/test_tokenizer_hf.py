@@ -328,6 +328,22 @@ def test_gpt2_pipeline_still_loads_as_byte_bpe(tmp_path):
     assert ours.encode(CORPUS[:200]) == library.encode(CORPUS[:200]).ids
 
 
+def test_tokenizer_json_wins_over_vocab_and_merges_beside_it(tmp_path):
+    # Hub directories of Llama-3-style models may also hold vocab.json + merges.txt; read alone, they would lose the
+    # model's own pipeline (its pre-tokenization pattern, its special tokens) and encode differently.
+    tokenizers = require_oracle("tokenizers")
+    library = llama3(tokenizers)
+    library.save(str(tmp_path / "tokenizer.json"))
+    library.model.save(str(tmp_path))  # vocab.json + merges.txt
+    assert (tmp_path / "vocab.json").is_file() and (tmp_path / "merges.txt").is_file()
+    text = "<|begin_of_text|>In 2024, 12345 apples cost 678.90 dollars."
+    gpt2_style = ByteBPETokenizer.load(tmp_path)
+    assert gpt2_style.encode(text) != library.encode(text).ids  # the control: the two pipelines differ here
+    ours = load_tokenizer(tmp_path)
+    assert type(ours) is HFTokenizer
+    assert ours.encode(text) == library.encode(text).ids
+
+
 def test_round_trips_through_dict_and_directory(pair, tmp_path):
     _, ours = pair
     for rebuilt in (tokenizer_from_dict(json.loads(json.dumps(ours.to_dict()))),

@@ -171,7 +171,7 @@ def test_a_short_run_shortens_the_warmup_and_ends_at_min_lr(preset, max_iters):
     assert horizon == max_iters and warmup < horizon
 
 
-@pytest.mark.parametrize("preset", ["sort", "small", "shakespeare-char-cpu", "demo"])
+@pytest.mark.parametrize("preset", ["sort", "small", "shakespeare-char-cpu", "shakespeare-char-modern", "demo"])
 def test_short_runs_with_each_preset_do_not_fail(preset, corpus, tmp_path, capsys):
     # nanogpt-cpu is shakespeare-char-cpu's shape; gpt2 (124M parameters, 1024-token windows) is too large for a
     # test: the schedules of all of them are checked above.

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from conftest import require_oracle
-from gradcheck import RELATIVE_ERROR_BOUND, check_gradients, relative_error
+from gradcheck import RELATIVE_ERROR_BOUND, check_gradients, check_model, relative_error
 from test_module import SquaredPenalty
 from torch_reference import reference_gradients
 
@@ -78,15 +78,7 @@ def test_loss_is_the_mean_cross_entropy_over_targets_that_count():
 def test_whole_model_gradient_check(variant, dropout):
     model = small_model(seed=5, dropout=dropout, **variant).train()
     ids, targets = random_batch(model, (2, 5), seed=6, ignore_fraction=0.3)
-    state = model.rng.bit_generator.state
-
-    def loss():
-        model.rng.bit_generator.state = state  # the same dropout masks at every evaluation
-        return model.loss(ids, targets)
-
-    loss()
-    analytic = {name: grad.copy() for name, grad in model.backward().items()}
-    errors = check_gradients(loss, analytic, model.parameters(), np.random.default_rng(7), max_count=12)
+    errors = check_model(model, ids, targets, np.random.default_rng(7), max_count=12)
     assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
 
 
@@ -131,9 +123,15 @@ def test_against_pytorch_autograd(case, variant, dtype, bound):
     case = dict(case)
     shape = case.pop("shape")
     model = small_model(seed=8, dtype=dtype, init="gpt2", **{**case, **variant})
-    for name, value in model.parameters().items():  # move LayerNorm and biases off their defaults
-        if value.ndim == 1:
-            value += np.random.default_rng(len(name)).normal(0.0, 0.1, value.shape).astype(dtype)
+    assert_matches_pytorch(torch, model, shape, bound)
+
+
+def assert_matches_pytorch(torch, model, shape, bound):
+    """Logits, loss and every gradient of `model` on a random batch of `shape` against tests/torch_reference.py,
+    within `bound` (relative), after moving the norms' gains and the biases off their defaults."""
+    for name, value in model.parameters().items():
+        if value.ndim == 1 and not name.endswith("span"):
+            value += np.random.default_rng(len(name)).normal(0.0, 0.1, value.shape).astype(value.dtype)
     ids, targets = random_batch(model, shape, seed=9, ignore_fraction=0.2)
     loss = model.loss(ids, targets)
     grads = model.backward()
@@ -145,9 +143,60 @@ def test_against_pytorch_autograd(case, variant, dtype, bound):
     assert max(errors.values()) < bound, errors
 
 
-@pytest.mark.parametrize("options", [dict(activation="gelu"), dict(norm="rmsnorm", activation="swiglu", bias=False)])
+# Issue 12's options together, over 4 query heads: rotary positions, grouped-query (2 key/value heads) and
+# multi-query (1) attention, head_dim set apart from d_model / n_heads, the Qwen2 q/k/v biases with bias=False,
+# Mistral's sliding window, and the sparse patterns and the adaptive span over grouped heads.
+LLAMA = dict(positional="rope", norm="rmsnorm", activation="swiglu", bias=False, norm_first=True)
+CORE_VARIANTS = {
+    "llama gqa untied": dict(**LLAMA, n_kv_heads=2, tie_weights=False),
+    "rope multi-query tied post-LN": dict(positional="rope", rope_theta=500.0, n_kv_heads=1, tie_weights=True),
+    "qwen2 head_dim 12": dict(**LLAMA, d_model=32, head_dim=12, n_kv_heads=2, qkv_bias=True, tie_weights=False),
+    "learned gqa head_dim 6": dict(positional="learned", n_kv_heads=2, head_dim=6, norm_first=True),
+    "mistral sliding 5": dict(**LLAMA, n_kv_heads=2, attention="sliding", window=5, tie_weights=True),
+    "rope strided gqa": dict(positional="rope", n_kv_heads=2, attention="strided", stride=3, norm_first=True),
+    "fixed gqa": dict(positional="sinusoidal", n_kv_heads=2, attention="fixed", stride=3, summary=1),
+    "rope adaptive span gqa": dict(**LLAMA, n_kv_heads=2, adaptive_span=True, max_span=6, span_ramp=2,
+                                   span_loss_coefficient=0.01),
+}
+
+
+def core_model(variant, **overrides):
+    model = small_model(**{**dict(d_model=16, n_heads=4, max_seq_len=16), **CORE_VARIANTS[variant], **overrides})
+    for name, value in model.parameters().items():
+        if name.endswith("pattern.span"):  # spans (x max_span 6 tokens) off the soft mask's kinks
+            value[...] = [0.13, 0.37, 0.52, 0.05]
+    return model
+
+
+@pytest.mark.parametrize("variant", CORE_VARIANTS)
+def test_core_options_whole_model_gradient_check(variant):
+    model = core_model(variant, seed=5, dropout=0.1).train()
+    ids, targets = random_batch(model, (2, 9), seed=6, ignore_fraction=0.3)
+    errors = check_model(model, ids, targets, np.random.default_rng(7), max_count=10)
+    assert max(errors.values()) < RELATIVE_ERROR_BOUND, errors
+
+
+@pytest.mark.parametrize("variant", CORE_VARIANTS)
+@pytest.mark.parametrize("dtype,bound", [("float64", 1e-9), ("float32", 1e-4)])
+def test_core_options_against_pytorch_autograd(variant, dtype, bound):
+    torch = require_oracle("torch")
+    assert_matches_pytorch(torch, core_model(variant, seed=8, dtype=dtype, init="gpt2"), (2, 9), bound)
+
+
+@pytest.mark.parametrize("variant", ["llama gqa untied", "mistral sliding 5"])
+def test_long_sequences_run_tiled_with_rope_and_grouped_heads_against_pytorch(variant):
+    """From 512 tokens full and windowed heads run in tiles (attention.TiledLayout): the same model there."""
+    torch = require_oracle("torch")
+    model = core_model(variant, seed=10, init="gpt2", d_model=8, head_dim=4, n_layers=1, max_seq_len=520)
+    assert_matches_pytorch(torch, model, (1, 520), 1e-9)
+    assert all(type(layout).__name__ == "TiledLayout" for pattern in model.attention_patterns()
+               for _, layout, _ in pattern.cache)
+
+
+@pytest.mark.parametrize("options", [dict(activation="gelu"), dict(norm="rmsnorm", activation="swiglu", bias=False),
+                                     dict(CORE_VARIANTS["rope adaptive span gqa"], qkv_bias=True, head_dim=6)])
 def test_float32_mode_creates_no_float64_arrays(options):
-    model = small_model(dtype="float32", dropout=0.1, norm_first=True, positional="learned", **options)
+    model = small_model(**{**dict(dtype="float32", dropout=0.1, norm_first=True, positional="learned"), **options})
     ids, targets = random_batch(model, (2, 6))
     model.train()
     model.loss(ids, targets)
