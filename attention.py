@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from collections import namedtuple
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from device import array_module, random_generator
 from module import Dropout, Module, linear_backward, linear_forward
 from positional_encoding import apply_rope, apply_rope_backward, rope_tables
+from precision import matmul
 
 # Blocked scores get a large negative finite value instead of -inf: exp() still turns them into exact
 # zeros, but a query whose keys are all blocked (a left-padding position) gets a uniform row instead
@@ -88,7 +91,7 @@ def attend(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blo
 def weighted_values(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     """weights (B, H, ..., Tq, Tk) @ values (B, KV, ..., Tk, D) -> (B, H, ..., Tq, D), query head h reading
     key/value head h // (H / KV)."""
-    return split_groups(join_groups(weights, values.shape[1]) @ values, weights.shape[1])
+    return split_groups(matmul(join_groups(weights, values.shape[1]), values), weights.shape[1])
 
 
 def attention_weights(scaled_queries: np.ndarray, keys: np.ndarray, values: np.ndarray, blocked: np.ndarray,
@@ -96,7 +99,8 @@ def attention_weights(scaled_queries: np.ndarray, keys: np.ndarray, values: np.n
     """`attend` without its last product: the cache attend_backward needs, the weights (dropped out) included.
     A tile's backward recomputes this alone, since it needs the weights but not the output."""
     # (B, H, ..., Tq, Tk): every mask below is written per query head.
-    scores = split_groups(join_groups(scaled_queries, keys.shape[1]) @ keys.swapaxes(-1, -2), scaled_queries.shape[1])
+    scores = split_groups(matmul(join_groups(scaled_queries, keys.shape[1]), keys.swapaxes(-1, -2)),
+                          scaled_queries.shape[1])
     np.copyto(scores, MASKED_SCORE, where=blocked)
     probs = softmax(scores)                                              # rows sum to 1
     weights, norms = probs, None
@@ -117,8 +121,8 @@ def attend_backward(dout: np.ndarray, cache: KernelCache
     scaled_queries, keys, values, probs, span_mask, norms, weights, dropped_weights, dropout_mask = cache
     n_heads, n_kv_heads = scaled_queries.shape[1], keys.shape[1]
     joined_dout = join_groups(dout, n_kv_heads)
-    dvalues = join_groups(dropped_weights, n_kv_heads).swapaxes(-1, -2) @ joined_dout    # (B, KV, ..., Tk, D)
-    dweights = split_groups(joined_dout @ values.swapaxes(-1, -2), n_heads)             # (B, H, ..., Tq, Tk)
+    dvalues = matmul(join_groups(dropped_weights, n_kv_heads).swapaxes(-1, -2), joined_dout)  # (B, KV, ..., Tk, D)
+    dweights = split_groups(matmul(joined_dout, values.swapaxes(-1, -2)), n_heads)           # (B, H, ..., Tq, Tk)
     if dropout_mask is not None:
         dweights *= dropout_mask
     dprobs, dspan_mask = dweights, None
@@ -127,8 +131,8 @@ def attend_backward(dout: np.ndarray, cache: KernelCache
         dmasked = (dweights - np.sum(dweights * weights, axis=-1, keepdims=True)) / norms
         dprobs, dspan_mask = dmasked * span_mask, dmasked * probs
     dscores = join_groups(softmax_backward(dprobs, probs), n_kv_heads)   # blocked entries stay 0
-    return (split_groups(dscores @ keys, n_heads), dscores.swapaxes(-1, -2) @ join_groups(scaled_queries, n_kv_heads),
-            dvalues, dspan_mask)
+    return (split_groups(matmul(dscores, keys), n_heads),
+            matmul(dscores.swapaxes(-1, -2), join_groups(scaled_queries, n_kv_heads)), dvalues, dspan_mask)
 
 
 def causal_blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
@@ -168,9 +172,10 @@ class DenseLayout:
     gather_keys = scatter_queries = scatter_keys = gather_queries
 
 
-def sequence_layout(seq_len: int) -> DenseLayout:
-    """The dense layout of a plain forward pass: queries and keys at positions 0..seq_len-1."""
-    positions = np.arange(seq_len)
+def sequence_layout(seq_len: int, xp: ModuleType = np) -> DenseLayout:
+    """The dense layout of a plain forward pass: queries and keys at positions 0..seq_len-1, arrays of xp (the
+    array module of the scores it will mask; every layout takes one)."""
+    positions = xp.arange(seq_len)
     return DenseLayout(positions, positions)
 
 
@@ -183,8 +188,8 @@ class TiledLayout:
     weights unless they were kept. `tiles`: (query slice, key slice, the tile's DenseLayout) per tile.
     """
 
-    def __init__(self, seq_len: int, tile_size: int, window: int | None = None) -> None:
-        positions = np.arange(seq_len)
+    def __init__(self, seq_len: int, tile_size: int, window: int | None = None, xp: ModuleType = np) -> None:
+        positions = xp.arange(seq_len)
         self.tiles = []
         self.num_scores = 0  # per batch row and head, over all tiles
         for start in range(0, seq_len, tile_size):
@@ -195,10 +200,10 @@ class TiledLayout:
             self.num_scores += (stop - start) * (stop - first_key)
 
 
-def tile_dropout(dropout: Dropout, seed: int, tile: int) -> Dropout:
-    """A Dropout like `dropout` that draws from a generator seeded by (seed, tile): the backward's
+def tile_dropout(dropout: Dropout, seed: int, tile: int, xp: ModuleType) -> Dropout:
+    """A Dropout like `dropout` that draws xp arrays from a generator seeded by (seed, tile): the backward's
     recomputation of a tile draws the very mask its forward drew, whatever ran in between."""
-    copy = Dropout(dropout.p, np.random.default_rng([seed, tile]))
+    copy = Dropout(dropout.p, random_generator(xp, [seed, tile]))
     copy.training = dropout.training
     return copy
 
@@ -219,8 +224,8 @@ TILED_FROM = 512
 KEPT_SCORES = 2**24
 
 
-# A slice of heads, the rule `blocked(query_positions, key_positions)` they follow, and `layout(seq_len)`,
-# the arrangement in which they compute only the blocks the rule may allow.
+# A slice of heads, the rule `blocked(query_positions, key_positions)` they follow, and `layout(seq_len, xp)`,
+# the arrangement in which they compute only the blocks the rule may allow (positions as arrays of xp).
 HeadGroup = namedtuple("HeadGroup", "heads blocked layout")
 
 
@@ -255,9 +260,11 @@ class AttentionPattern(Module):
         """Whether full and windowed attention over seq_len tokens run in a TiledLayout."""
         return self.tiled_from is not None and seq_len >= self.tiled_from
 
-    def causal_layout(self, seq_len: int) -> Layout | TiledLayout:
+    def causal_layout(self, seq_len: int, xp: ModuleType) -> Layout | TiledLayout:
         """Full causal attention's layout: tiled from `tiled_from` tokens on, dense below."""
-        return TiledLayout(seq_len, self.tile_size) if self.uses_tiles(seq_len) else sequence_layout(seq_len)
+        if self.uses_tiles(seq_len):
+            return TiledLayout(seq_len, self.tile_size, xp=xp)
+        return sequence_layout(seq_len, xp)
 
     def span_mask(self, layout: Layout) -> np.ndarray | None:
         """Weights broadcastable to the layout's scores that multiply the attention weights; None: no
@@ -280,7 +287,7 @@ class AttentionPattern(Module):
         for group in self.head_groups(scaled_queries.shape[1]):
             group_keys = key_heads(group.heads, group_size)
             if query_positions is None:
-                layout = group.layout(scaled_queries.shape[2])
+                layout = group.layout(scaled_queries.shape[2], array_module(scaled_queries))
             else:
                 layout = DenseLayout(query_positions, key_positions)
             if isinstance(layout, TiledLayout):
@@ -320,7 +327,8 @@ class AttentionPattern(Module):
         the tile's own dropout generator: the same in the forward and in the backward's recomputation."""
         return attention_weights(cache.scaled_queries[:, :, rows], cache.keys[:, :, keys], cache.values[:, :, keys],
                                  cache.blocked(tile.query_positions, tile.key_positions),
-                                 tile_dropout(cache.dropout, cache.seed, index), self.span_mask(tile))
+                                 tile_dropout(cache.dropout, cache.seed, index, array_module(cache.keys)),
+                                 self.span_mask(tile))
 
     def attend_tiles(self, group: HeadGroup, group_keys: slice, layout: TiledLayout, scaled_queries: np.ndarray,
                      keys: np.ndarray, values: np.ndarray, dropout: Dropout) -> np.ndarray:
@@ -410,7 +418,7 @@ class CausalSelfAttention(Module):
     def merge_heads(self, dqueries: np.ndarray, dkeys: np.ndarray, dvalues: np.ndarray) -> np.ndarray:
         """The inverse of split_heads: (B, H, T, D), (B, KV, T, D), (B, KV, T, D) -> (B, T, (H + 2 KV) D)."""
         B, H, T, D = dqueries.shape
-        dqkv = np.empty((B, T, H + 2 * self.n_kv_heads, D), dtype=dqueries.dtype)
+        dqkv = array_module(dqueries).empty((B, T, H + 2 * self.n_kv_heads, D), dtype=dqueries.dtype)
         dqkv[:, :, :H] = dqueries.transpose(0, 2, 1, 3)
         dqkv[:, :, H:H + self.n_kv_heads] = dkeys.transpose(0, 2, 1, 3)
         dqkv[:, :, H + self.n_kv_heads:] = dvalues.transpose(0, 2, 1, 3)
@@ -434,11 +442,12 @@ class CausalSelfAttention(Module):
         plain = kv_cache is None and key_padding is None and positions is None
         if not plain:
             if positions is None:
-                positions = np.arange(T) + (0 if kv_cache is None else kv_cache.length)
+                positions = array_module(x).arange(T) + (0 if kv_cache is None else kv_cache.length)
             query_positions = np.broadcast_to(positions, (B, T))
         rope = None
         if self.rope_theta is not None:
-            rope = rope_tables(np.arange(T) if plain else query_positions, self.head_dim, self.rope_theta, x.dtype)
+            rope_positions = array_module(x).arange(T) if plain else query_positions
+            rope = rope_tables(rope_positions, self.head_dim, self.rope_theta, x.dtype)
             queries, keys = apply_rope(queries, *rope), apply_rope(keys, *rope)
         # Scaling the queries (T x D numbers) is cheaper than scaling the scores (T x Tk).
         scaled_queries = queries * (1.0 / math.sqrt(self.head_dim))
@@ -487,20 +496,21 @@ class KVCache:
     """
 
     def __init__(self, batch_size: int, n_kv_heads: int, capacity: int, head_dim: int, dtype: npt.DTypeLike,
-                 rolling: bool = False) -> None:
+                 rolling: bool = False, xp: ModuleType = np) -> None:
         slots = capacity if rolling else 0
-        self.keys = np.zeros((batch_size, n_kv_heads, slots, head_dim), dtype=dtype)
+        self.keys = xp.zeros((batch_size, n_kv_heads, slots, head_dim), dtype=dtype)  # on the model's device
         self.values = np.zeros_like(self.keys)
-        self.positions = np.full((batch_size, slots), -1, dtype=np.int64)
+        self.positions = xp.full((batch_size, slots), -1, dtype=np.int64)
         self.capacity = capacity
         self.rolling = rolling
         self.length = 0  # tokens appended so far
 
     def grow(self, slots: int) -> None:
         """Move the filled slots into buffers of `slots` slots."""
-        keys = np.zeros(self.keys.shape[:2] + (slots,) + self.keys.shape[3:], dtype=self.keys.dtype)
+        xp = array_module(self.keys)
+        keys = xp.zeros(self.keys.shape[:2] + (slots,) + self.keys.shape[3:], dtype=self.keys.dtype)
         values = np.zeros_like(keys)
-        positions = np.full((len(self.positions), slots), -1, dtype=np.int64)
+        positions = xp.full((len(self.positions), slots), -1, dtype=np.int64)
         keys[:, :, :self.length] = self.keys[:, :, :self.length]
         values[:, :, :self.length] = self.values[:, :, :self.length]
         positions[:, :self.length] = self.positions[:, :self.length]
@@ -515,7 +525,7 @@ class KVCache:
             # The new queries need the stored keys and each other's; afterwards the last `capacity` stay.
             needed = (np.concatenate([self.keys, keys], axis=2), np.concatenate([self.values, values], axis=2),
                       np.concatenate([self.positions, positions], axis=1))
-            slots = np.arange(self.length, self.length + T)[-capacity:] % capacity
+            slots = array_module(keys).arange(self.length, self.length + T)[-capacity:] % capacity
             self.keys[:, :, slots] = keys[:, :, -capacity:]
             self.values[:, :, slots] = values[:, :, -capacity:]
             self.positions[:, slots] = positions[:, -capacity:]

@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "for a partial one")
     parser.add_argument("--render", metavar="JSON", help="measure nothing: write the Markdown for results saved "
                         "earlier (to --out, default: the JSON's name with .md)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the GPU timings of "
+                        "gpu_check.py instead (CuPy against PyTorch on the GPU; its --out, default gpu-check.json)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: run at this thread count
     parser.add_argument("--memory-probe", choices=["ours", "theirs"], help=argparse.SUPPRESS)  # internal
     parser.add_argument("--data-parallel-probe", nargs=3, help=argparse.SUPPRESS)  # internal: case, side, repeats
@@ -1098,6 +1100,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return worker(args)
     if args.render:
         return render(args.render, args.out)
+    if args.device == "cuda":  # the GPU has its own script; it says what is missing without CuPy or a GPU
+        import gpu_check
+        return gpu_check.main(["--skip-tests", *(["--out", args.out] if args.out else [])])
     try:
         import torch  # noqa: F401  (checked here so the user hears about it before any timing)
     except ImportError:

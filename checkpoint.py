@@ -45,6 +45,7 @@ import numpy as np
 
 from atomic_files import fsync_directory
 from atomic_files import read_json as read_json_file
+from device import array_module, to_host
 from tokenizer import load_tokenizer as read_tokenizer_files
 from transformer_config import TransformerConfig
 
@@ -113,9 +114,11 @@ def save_checkpoint(directory: str | os.PathLike, model: TransformerLM, optimize
         staging.mkdir()
         for name, text in texts.items():
             (staging / name).write_bytes(text)
-        np.savez(staging / "model.npz", **model.parameters())
+        # to_host: a GPU model's arrays are copied to the host to be written
+        np.savez(staging / "model.npz", **{name: to_host(value) for name, value in model.parameters().items()})
         if optimizer is not None:
-            np.savez(staging / "optimizer.npz", **optimizer.state_dict())
+            moments = optimizer.state_dict()
+            np.savez(staging / "optimizer.npz", **{key: to_host(value) for key, value in moments.items()})
         if tokenizer is not None:
             tokenizer.save(staging)
         seal(staging, number + 1)
@@ -513,4 +516,4 @@ def load_parameters(model: TransformerLM, arrays: dict, source: object, check_on
                                   f"the model needs {params[name].shape}")
     if not check_only:
         for name, value in arrays.items():
-            params[name][...] = value
+            params[name][...] = array_module(params[name]).asarray(value)  # onto a GPU model's device

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from attention import CausalSelfAttention, KVCache
+from device import array_module
 from feed_forward import FeedForward
 from layer_norm import LayerNorm, RMSNorm
 from module import Dropout, Embedding, Module
@@ -104,7 +105,8 @@ class Decoder(Module):
         self.passes += 1
         x = self.token_embedding.forward(ids)
         if self.position_embedding is not None:
-            x = x + self.position_embedding.forward(np.arange(ids.shape[1]) if positions is None else positions)
+            table_positions = array_module(ids).arange(ids.shape[1]) if positions is None else positions
+            x = x + self.position_embedding.forward(table_positions)
         x = self.dropout.forward(x)
         for index, block in enumerate(self.blocks):
             x = block.forward(x, kv_cache=None if kv_caches is None else kv_caches[index], key_padding=key_padding,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device import DeviceError
 from generation import as_generator
 from tokenizer import CharTokenizer, Tokenizer, start_ids
 from transformer_config import is_positive_integer
@@ -46,6 +47,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unknown-token", metavar="CHAR",
                         help="character-level models: a prompt character outside the vocabulary becomes CHAR "
                              "(itself in the vocabulary) instead of an error")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (NumPy) or cuda (CuPy on an NVIDIA GPU: pip install -r requirements-gpu.txt)")
     return parser.parse_args(argv)
 
 
@@ -141,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.hf_model, require_tokenizer=True)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: cannot load the model: {error}") from None
+    try:
+        model.to(args.device)
+    except DeviceError as error:
+        raise SystemExit(f"error: {error}") from None
     try:
         stops = check_stops(args.stop)
         tokenizer = with_unknown_token(tokenizer, args.unknown_token)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from attention import KVCache
+from device import array_module, to_device, to_host
+from precision import autocast
 
 if TYPE_CHECKING:  # for the hints only: transformer_lm imports this module
     from transformer_lm import TransformerLM
@@ -50,14 +52,14 @@ class DecodingState:
     see at most `capacity` positions in all (a bound: the caches grow with what is actually fed)."""
 
     def __init__(self, model: TransformerLM, batch_size: int, capacity: int) -> None:
-        config = model.config
+        config, xp = model.config, array_module(model.output_weight)
         self.kv_caches = []
         for pattern in model.attention_patterns():
             # A pattern that never looks back more than `window` keys needs only that many slots, reused in turn.
             window = pattern.window
             rolling = window is not None and window < capacity
             self.kv_caches.append(KVCache(batch_size, config.n_kv_heads, window if rolling else capacity,
-                                          config.head_dim, config.numpy_dtype, rolling=rolling))
+                                          config.head_dim, config.numpy_dtype, rolling=rolling, xp=xp))
         self.next_positions = np.zeros((batch_size, 1), dtype=np.int64)
 
 
@@ -68,30 +70,36 @@ def decode(model: TransformerLM, state: DecodingState, ids: np.ndarray, key_padd
     The first call (the prompt, "prefill") may carry padding and positions; later calls feed one
     token per row at the next position. The pass runs in evaluation mode (no dropout) and the model's
     mode is restored right after it, so a stream paused between tokens leaves the model as it found it.
+    On a GPU the step's ids, positions and padding cross to it, and the logits come back to the host, where
+    sampling runs with the same generator as on the CPU.
     """
     if positions is None:
         positions = state.next_positions + np.arange(ids.shape[1])
     state.next_positions = positions[:, -1:] + 1
+    ids, positions = to_device(ids, model.device), to_device(positions, model.device)
+    if key_padding is not None:
+        key_padding = to_device(key_padding, model.device)
     was_training = model.training
     if was_training:
         model.eval()
     try:
-        last = model.decoder.forward(ids, positions, state.kv_caches, key_padding)[:, -1]    # (B, C)
+        with autocast(model.compute_dtype):  # the model's precision (the last row's projection stays float32)
+            last = model.decoder.forward(ids, positions, state.kv_caches, key_padding)[:, -1]    # (B, C)
     finally:
         if was_training:
             model.train()
     if len(last) == 1:
-        return last @ model.output_weight.T
+        return to_host(last @ model.output_weight.T)
     # For a few rows, OpenBLAS streams the (V, C) vocabulary matrix faster as (V, C) @ (C, B), transposed
     # back, than as (B, C) @ (C, V): about 25% at B = 8; for one row the usual order is faster.
-    return (model.output_weight @ last.T).T
+    return to_host((model.output_weight @ last.T).T)
 
 
 def greedy_without_cache(model: TransformerLM, ids: np.ndarray, steps: int) -> np.ndarray:
     """Greedy decoding the picoGPT way: the whole sequence goes through the model again for every new
     token. ids (B, T) -> (B, T + steps). The reference the KV cache is tested and timed against."""
     for _ in range(steps):
-        ids = np.concatenate([ids, model(ids)[:, -1].argmax(axis=-1)[:, None]], axis=1)
+        ids = np.concatenate([ids, to_host(model(ids)[:, -1].argmax(axis=-1))[:, None]], axis=1)
     return ids
 
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from atomic_files import atomic_output, fsync_directory, read_json
+from device import to_host
 from safetensors_io import TensorSpec, load_file, read_header, save_file
 from tokenizer import ByteBPETokenizer, Tokenizer, load_tokenizer
 from transformer_config import TransformerConfig
@@ -413,7 +414,7 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike) -> None:
         stored_name = gpt2_name(name)
         if stored_name != LM_HEAD:
             stored_name = BODY_PREFIX + stored_name
-        tensors[stored_name] = value.astype(np.float32, copy=False)
+        tensors[stored_name] = to_host(value).astype(np.float32, copy=False)  # a GPU model's: copied to the host
     write_export(path, tensors, gpt2_config(config, tokenizer), tokenizer)
 
 

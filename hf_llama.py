@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device import to_host
 from hf_gpt2 import (
     build_config,
     check_same_tensors,
@@ -381,6 +382,7 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike) -> None:
     tokenizer = model.tokenizer if isinstance(model.tokenizer, (HFTokenizer, ByteBPETokenizer)) else None
     tensors = {}
     for name, value in model.parameters().items():
+        value = to_host(value)  # a GPU model's: copied to the host
         for hf_name, columns in hf_parts(name, config):
             part = value[..., columns]
             tensors[hf_name] = np.ascontiguousarray(part.T if is_linear_weight(name) else part, dtype=np.float32)

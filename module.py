@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from device import array_module, to_device
+from precision import matmul
+
 
 class Module:
     """Holds `params` and `grads` (dicts with the same keys) and finds sub-modules by attribute.
@@ -63,6 +66,16 @@ class Module:
             for grad in module.grads.values():
                 grad.fill(0)
 
+    def to(self, device: str) -> Module:
+        """Move every parameter and gradient of the tree to `device` ("cpu" or "cuda"; see device.py), replacing
+        the arrays in the dicts: take parameters() (and build an optimizer) after moving. Returns self."""
+        for arrays in (self.params, self.grads):
+            for name, value in arrays.items():
+                arrays[name] = to_device(value, device)
+        for _, child in self.children():
+            child.to(device)
+        return self
+
     def train(self, mode: bool = True) -> Module:
         """Training mode (mode=True: dropout on, penalties added) or evaluation mode, for the whole tree."""
         for _, module in self.named_modules():
@@ -102,7 +115,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -
     transposes. Flattening the leading axes gives BLAS one large matrix product instead of a
     stack of small ones.
     """
-    out = x.reshape(-1, x.shape[-1]) @ weight
+    out = matmul(x.reshape(-1, x.shape[-1]), weight)
     if bias is not None:
         out += bias
     return out.reshape(*x.shape[:-1], weight.shape[1])
@@ -114,10 +127,10 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray, grad_we
     dL/dx = dout W^T."""
     x_2d = x.reshape(-1, x.shape[-1])
     dout_2d = dout.reshape(-1, dout.shape[-1])
-    grad_weight += x_2d.T @ dout_2d
+    grad_weight += matmul(x_2d.T, dout_2d)
     if grad_bias is not None:
         grad_bias += dout_2d.sum(axis=0)
-    return (dout_2d @ weight.T).reshape(x.shape)
+    return matmul(dout_2d, weight.T).reshape(x.shape)
 
 
 class Dropout(Module):
@@ -162,6 +175,7 @@ class Embedding(Module):
 
     def backward(self, dout: np.ndarray) -> None:
         """dout (..., d_model): adds each position's gradient to its row of the weight's gradient."""
-        # A row used by several positions receives the sum of their gradients; np.add.at adds
-        # repeated indices correctly where `grad[ids] += dout` would keep only one of them.
-        np.add.at(self.grads["weight"], self.ids, dout)
+        # A row used by several positions receives the sum of their gradients; add.at adds repeated
+        # indices correctly where `grad[ids] += dout` would keep only one of them. np.add.at does not reach
+        # CuPy arrays: the array module's own add.at does.
+        array_module(dout).add.at(self.grads["weight"], self.ids, dout)

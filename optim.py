@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from device import array_module, is_array
+
 
 def _check_grads_match(params, grads):
     """Raise ValueError unless ``grads`` has exactly the names and shapes of ``params``."""
@@ -74,7 +76,7 @@ class AdamW:
         if not isinstance(params, dict):
             raise ValueError(f"params must be a dict of name -> numpy array, got {type(params).__name__}")
         for name, param in params.items():
-            if not (isinstance(param, np.ndarray) and np.issubdtype(param.dtype, np.floating)):
+            if not (is_array(param) and np.issubdtype(param.dtype, np.floating)):  # NumPy's or a GPU's
                 raise ValueError(f"parameter '{name}' must be a floating-point numpy array")
 
         self.params = params
@@ -175,8 +177,8 @@ class AdamW:
         # Copy only after everything validated, so a bad state leaves the optimizer untouched.
         self.step_count = int(step)
         for name in self.params:
-            np.copyto(self.exp_avg[name], state[f"exp_avg.{name}"])
-            np.copyto(self.exp_avg_sq[name], state[f"exp_avg_sq.{name}"])
+            for moments, key in ((self.exp_avg, f"exp_avg.{name}"), (self.exp_avg_sq, f"exp_avg_sq.{name}")):
+                np.copyto(moments[name], array_module(moments[name]).asarray(state[key]))  # onto a GPU's moments
 
 
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float, total_norm: float | None = None) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from device import array_module, to_device
 from module import Embedding, Module
 
 
@@ -16,9 +17,10 @@ def sinusoidal_table(positions: npt.ArrayLike, d_model: int) -> np.ndarray:
     positions: integers of any shape, (T,) or (B, T) -> (..., d_model) float64. Column j uses the frequency of its pair
     2 * (j // 2), so an odd d_model simply ends with a lone sine column.
     """
-    columns = np.arange(d_model)
+    xp = array_module(positions)
+    columns = xp.arange(d_model)
     pair_start = columns - columns % 2
-    angles = np.asarray(positions, dtype=np.float64)[..., None] / 10000.0 ** (pair_start / d_model)
+    angles = xp.asarray(positions, dtype=np.float64)[..., None] / 10000.0 ** (pair_start / d_model)
     return np.where(columns % 2 == 0, np.sin(angles), np.cos(angles))
 
 
@@ -37,8 +39,13 @@ class SinusoidalPositionalEncoding(Module):
         self.dtype = dtype
         self.table = sinusoidal_table(np.arange(min(max_seq_len, PRECOMPUTED_POSITIONS)), d_model).astype(dtype)
 
+    def to(self, device: str) -> SinusoidalPositionalEncoding:
+        """The table goes with the model (it is no parameter)."""
+        self.table = to_device(self.table, device)
+        return super().to(device)
+
     def forward(self, positions: np.ndarray) -> np.ndarray:
-        """positions: (T,) or (B, T) -> (T, C) or (B, T, C)."""
+        """positions: (T,) or (B, T) -> (T, C) or (B, T, C). (On a GPU the bound check reads one number back.)"""
         if positions.size and positions.max() >= len(self.table):
             return sinusoidal_table(positions, self.d_model).astype(self.dtype)
         return self.table[positions]
@@ -66,8 +73,9 @@ def rope_tables(positions: npt.ArrayLike, head_dim: int, theta: float, dtype: np
     positions: integers (T,) or (B, T) -> cos, sin of shape (T, D) or (B, 1, T, D), to broadcast against heads
     (B, H, T, D). Computed in float64 (angles reach 10^5 radians and more), then cast to dtype.
     """
-    inverse_frequencies = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = np.asarray(positions, dtype=np.float64)[..., None] * inverse_frequencies  # (..., T, D/2)
+    xp = array_module(positions)  # built where the positions are: no table crosses to a device per step
+    inverse_frequencies = float(theta) ** (-xp.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = xp.asarray(positions, dtype=np.float64)[..., None] * inverse_frequencies  # (..., T, D/2)
     angles = np.concatenate([angles, angles], axis=-1)
     if angles.ndim == 3:
         angles = angles[:, None]  # (B, 1, T, D): the same rotation for every head of a row

@@ -15,12 +15,14 @@ dense computation, which the tests use as the reference.
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from attention import AttentionPattern, HeadGroup, Layout, TiledLayout, causal_blocked, sequence_layout
+from device import array_module
 from transformer_config import TransformerConfig
 
 if TYPE_CHECKING:  # for the hints only: transformer_lm imports this module (through decoder.py)
@@ -41,12 +43,12 @@ class BlockedLayout:
     causal rule blocks them; keys before position 0 get position -1 (no key); padded queries are dropped.
     """
 
-    def __init__(self, seq_len: int, block_size: int, lookback: int) -> None:
+    def __init__(self, seq_len: int, block_size: int, lookback: int, xp: ModuleType = np) -> None:
         self.seq_len, self.block_size, self.lookback = seq_len, block_size, lookback
         self.num_blocks = -(-seq_len // block_size)
-        block_starts = np.arange(self.num_blocks)[:, None] * block_size                 # (N, 1)
-        query_positions = block_starts + np.arange(block_size)                           # (N, L)
-        key_positions = block_starts + np.arange(-lookback * block_size, block_size)    # (N, (lookback + 1) L)
+        block_starts = xp.arange(self.num_blocks)[:, None] * block_size                 # (N, 1)
+        query_positions = block_starts + xp.arange(block_size)                           # (N, L)
+        key_positions = block_starts + xp.arange(-lookback * block_size, block_size)    # (N, (lookback + 1) L)
         self.query_positions = query_positions[None, None, :, :, None]
         self.key_positions = np.maximum(key_positions, -1)[None, None, :, None, :]
 
@@ -77,11 +79,11 @@ class BlockedLayout:
         return self.scatter_queries(blocks)
 
 
-def blocked_layout(seq_len: int, block_size: int, lookback: int) -> Layout:
+def blocked_layout(seq_len: int, block_size: int, lookback: int, xp: ModuleType) -> Layout:
     """A BlockedLayout, or the plain dense one when a single block would cover the sequence."""
     if block_size >= seq_len:
-        return sequence_layout(seq_len)
-    return BlockedLayout(seq_len, block_size, lookback)
+        return sequence_layout(seq_len, xp)
+    return BlockedLayout(seq_len, block_size, lookback, xp)
 
 
 class ColumnLayout:
@@ -89,10 +91,10 @@ class ColumnLayout:
     c, c + stride, c + 2 stride, ... Scores (B, h, stride, R, R) with R = ceil(T / stride): each query
     meets exactly the keys a multiple of `stride` away. Padding as in BlockedLayout."""
 
-    def __init__(self, seq_len: int, stride: int) -> None:
+    def __init__(self, seq_len: int, stride: int, xp: ModuleType = np) -> None:
         self.seq_len, self.stride = seq_len, stride
         self.num_rows = -(-seq_len // stride)
-        columns = np.arange(self.num_rows * stride).reshape(self.num_rows, stride).T    # (stride, R)
+        columns = xp.arange(self.num_rows * stride).reshape(self.num_rows, stride).T    # (stride, R)
         self.query_positions = columns[None, None, :, :, None]
         self.key_positions = columns[None, None, :, None, :]
 
@@ -119,7 +121,7 @@ class SummaryLayout:
     """
 
     def __init__(self, seq_len: int, block_size: int, summary_positions: np.ndarray) -> None:
-        self.blocks = BlockedLayout(seq_len, block_size, lookback=0)
+        self.blocks = BlockedLayout(seq_len, block_size, lookback=0, xp=array_module(summary_positions))
         self.summary_positions = summary_positions
         block_starts = self.blocks.query_positions[..., :1, :]                          # (1, 1, N, 1, 1)
         earlier_summaries = np.where(summary_positions < block_starts, summary_positions, -1)
@@ -156,10 +158,10 @@ def window_group(heads: slice, window: int, pattern: AttentionPattern) -> HeadGr
     def blocked(query_positions: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
         return causal_blocked(query_positions, key_positions) | (query_positions - key_positions >= window)
 
-    def layout(seq_len: int) -> Layout | TiledLayout:
+    def layout(seq_len: int, xp: ModuleType) -> Layout | TiledLayout:
         if pattern.uses_tiles(seq_len):
-            return TiledLayout(seq_len, pattern.tile_size, window)
-        return blocked_layout(seq_len, window, lookback=1)
+            return TiledLayout(seq_len, pattern.tile_size, window, xp)
+        return blocked_layout(seq_len, window, lookback=1, xp=xp)
 
     return HeadGroup(heads, blocked, layout)
 
@@ -196,9 +198,9 @@ class Strided(AttentionPattern):
         """The second half's rule: causal, and a whole number of strides back."""
         return causal_blocked(query_positions, key_positions) | ((query_positions - key_positions) % self.stride != 0)
 
-    def column_layout(self, seq_len: int) -> Layout:
+    def column_layout(self, seq_len: int, xp: ModuleType) -> Layout:
         """The second half's layout: by column (ColumnLayout), or dense when one column covers the sequence."""
-        return ColumnLayout(seq_len, self.stride) if self.stride < seq_len else sequence_layout(seq_len)
+        return ColumnLayout(seq_len, self.stride, xp) if self.stride < seq_len else sequence_layout(seq_len, xp)
 
     def head_groups(self, n_heads: int) -> list[HeadGroup]:
         half = n_heads // 2
@@ -230,16 +232,20 @@ class Fixed(AttentionPattern):
         not_summary = key_positions % self.stride < self.stride - self.summary
         return causal_blocked(query_positions, key_positions) | (not_summary & (key_positions != query_positions))
 
-    def block_layout(self, seq_len: int) -> Layout:
+    def block_layout(self, seq_len: int, xp: ModuleType) -> Layout:
         """The first half's layout: blocks of `stride` queries against their own block."""
-        return blocked_layout(seq_len, self.stride, lookback=0)
+        return blocked_layout(seq_len, self.stride, lookback=0, xp=xp)
 
-    def summary_layout(self, seq_len: int) -> Layout:
+    def summary_layout(self, seq_len: int, xp: ModuleType) -> Layout:
         """The second half's layout: each block against its own keys and the earlier summary positions."""
         if self.stride >= seq_len:
-            return sequence_layout(seq_len)
-        positions = np.arange(seq_len)
-        return SummaryLayout(seq_len, self.stride, positions[positions % self.stride >= self.stride - self.summary])
+            return sequence_layout(seq_len, xp)
+        # The last `summary` positions of every block, in order, cut at the sequence's end: counted here rather
+        # than selected by a mask, whose size a GPU would have to report back.
+        block_starts = xp.arange(0, seq_len, self.stride)[:, None]
+        summaries = (block_starts + xp.arange(self.stride - self.summary, self.stride)).ravel()
+        count = seq_len // self.stride * self.summary + max(0, seq_len % self.stride - (self.stride - self.summary))
+        return SummaryLayout(seq_len, self.stride, summaries[:count])
 
     def head_groups(self, n_heads: int) -> list[HeadGroup]:
         half = n_heads // 2

@@ -61,7 +61,7 @@ def build(torch: ModuleType, our_model: TransformerLM) -> torch.nn.Module:
 
         def forward(self, ids: Tensor, targets: Tensor | None = None, caches: list[list[Tensor]] | None = None,
                     start: int = 0) -> Tensor:
-            positions = torch.arange(start, start + ids.shape[1])
+            positions = torch.arange(start, start + ids.shape[1], device=ids.device)
             x = self.token_embedding(ids) + self.position_embedding(positions)
             for index, block in enumerate(self.blocks):
                 x = block(x, None if caches is None else caches[index])

@@ -38,7 +38,9 @@ import parallel
 from atomic_files import LockHeld, exclusive_lock
 from checkpoint import Checkpoint, CheckpointError, load_state, load_tokenizer, read_checkpoint, save_checkpoint
 from data import SortingTask, TokenDataset, prepare_text_dataset, read_text_file
+from device import DeviceError
 from optim import accumulate_grads, lr_schedule
+from precision import LossScaler
 from sparse_attention import effective_spans, span_summary
 from tokenizer import ByteBPETokenizer, Tokenizer, start_ids
 from transformer_config import CHOICES as MODEL_CHOICES
@@ -51,8 +53,8 @@ from transformer_lm import TransformerLM
 DEFAULTS = dict(
     n_layers=2, n_heads=4, d_model=64, d_ff=None, block_size=64, dropout=0.0, positional="learned",
     rope_theta=10000.0, n_kv_heads=None, head_dim=None, norm_first=True, norm="layernorm", activation="gelu_tanh",
-    bias=True, qkv_bias=None, init="gpt2", dtype="float32", attention="full", window=None, stride=None, summary=None,
-    adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6,
+    bias=True, qkv_bias=None, init="gpt2", dtype="float32", precision="fp32", attention="full", window=None,
+    stride=None, summary=None, adaptive_span=False, max_span=None, span_ramp=32, span_loss_coefficient=2e-6,
     batch_size=16, max_iters=1000, lr=1e-3, min_lr=1e-4, warmup_iters=50, lr_decay_iters=None, schedule="cosine",
     weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, grad_accum_steps=1,
     eval_interval=200, eval_iters=20, log_interval=20, sample_tokens=200, seed=1337,
@@ -84,8 +86,8 @@ CHOICES = dict(MODEL_CHOICES, preset=PRESET_NAMES, tokenizer=("char", "bpe"), sc
 # The settings that are the model's shape (TransformerConfig fields), besides block_size (its max_seq_len) and
 # max_span. train() takes them from the model it is given.
 MODEL_SETTINGS = ("d_model", "d_ff", "n_heads", "n_layers", "dropout", "positional", "rope_theta", "n_kv_heads",
-                  "head_dim", "norm_first", "norm", "activation", "bias", "qkv_bias", "init", "dtype", "attention",
-                  "window", "stride", "summary", "adaptive_span", "span_ramp", "span_loss_coefficient")
+                  "head_dim", "norm_first", "norm", "activation", "bias", "qkv_bias", "init", "dtype", "precision",
+                  "attention", "window", "stride", "summary", "adaptive_span", "span_ramp", "span_loss_coefficient")
 MODEL_KEYS = (*MODEL_SETTINGS, "block_size", "max_span")
 # The settings that TransformerConfig derives from others when they are unset (None): one key/value head per query
 # head, d_model / n_heads wide heads, biases on q, k, v as on every other linear map, and a 4 * d_model wide
@@ -204,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--span-ramp", type=int, help="length of the soft mask's ramp")
     add("--span-loss-coefficient", type=float, help="L1 penalty per token of mean span")
     add("--dtype", choices=CHOICES["dtype"])
+    add("--precision", choices=CHOICES["precision"], help="matrix products on bfloat16 or float16 operands with "
+        "float32 sums, float32 master weights; fp16 adds dynamic loss scaling; bf16 needs ml_dtypes; slower on a "
+        "CPU (precision.py)")
     add("--lr", type=float, help="peak learning rate")
     add("--min-lr", type=float, help="learning rate at the end of the cosine decay")
     add("--warmup-iters", type=int, help="linear warm-up; cut to a tenth of the decay horizon when it does not fit "
@@ -223,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int)
     add("--zero", type=int, choices=(0, 1), help="under mpirun: 1 shards AdamW's moments over the ranks (ZeRO stage "
         "1); see parallel.py")
+    # Where this process trains, not a setting of the run: a run saved on a GPU resumes on the CPU and back.
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (NumPy) or cuda (CuPy on an NVIDIA GPU: pip install -r requirements-gpu.txt)")
     return parser
 
 
@@ -317,7 +325,7 @@ def resolve_settings(args: argparse.Namespace, saved: dict | None = None) -> dic
     """train.py's settings: preset < saved run (when resuming) < flags given on the command line; every value
     checked (see merge_settings). A problem exits with one `error: ...` line."""
     given = {key: value for key, value in vars(args).items()
-             if value is not None and key not in ("resume", "plot", "out_dir")}
+             if value is not None and key not in ("resume", "plot", "out_dir", "device")}
     try:
         return merge_settings(given, saved, sorting=given.get("data", (saved or {}).get("data")) is None)
     except TrainingError as error:
@@ -632,9 +640,15 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
     optimizer = ranks.optimizer(model.parameters(), settings["zero"], lr=settings["lr"],
                                 betas=(settings["beta1"], settings["beta2"]), weight_decay=settings["weight_decay"])
     rng = np.random.default_rng(settings["seed"])  # training batches
+    scaler = LossScaler() if model.config.precision == "fp16" else None  # fp16's dynamic loss scaling
     start, best_val_loss = 0, math.inf
     if saved:
         saved.restore(model, optimizer)
+        if scaler and "loss_scaler" in saved.state:  # absent when the run was saved in another precision
+            try:
+                scaler.load_state_dict(saved.state["loss_scaler"])
+            except ValueError as error:
+                raise TrainingError(f"{out_dir / 'checkpoint' / 'state.json'}: {error}") from None
         rng.bit_generator.state = saved.state["data_rng"]
         start, best_val_loss = saved.state["iteration"], saved.state["best_val_loss"]
         if start > settings["max_iters"]:
@@ -673,6 +687,8 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
             if ranks.is_root:
                 state = dict(iteration=iteration, best_val_loss=best_val_loss, data_rng=rng.bit_generator.state,
                              settings=settings)
+                if scaler:
+                    state["loss_scaler"] = scaler.state_dict()
                 save_checkpoint(checkpoint_dir, model, full_optimizer, task.tokenizer, state)
 
     log(dict(kind="settings", iter=start, resumed=saved is not None, preset=settings["preset"],
@@ -704,15 +720,22 @@ def training_loop(model: TransformerLM, task: Task, settings: dict, out_dir: Pat
 
             started = time.perf_counter()
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught just below
-                loss, grads = accumulate_step(model, task, settings, rng, ranks)
+                loss, grads = accumulate_step(model, task, settings, rng, ranks, scaler.scale if scaler else 1.0)
+                # fp16: an overflow on any rank skips the step on every rank, and the scale halves
+                finite = not ranks.any(not scaler.unscale(grads)) if scaler else True
             loss = ranks.mean(loss)
             if not math.isfinite(loss):
                 kept = f"The last good checkpoint in {checkpoint_dir} is intact." if checkpoint_dir else ""
                 raise TrainingError(f"loss became {loss} at iteration {iteration}; stopping. {kept}".strip())
-            ranks.step(optimizer, grads, lr, settings["grad_clip"])  # averaged over the ranks, clipped, applied
-            model.after_step()  # e.g. adaptive spans clamped back into [0, max_span]
+            if finite:
+                ranks.step(optimizer, grads, lr, settings["grad_clip"])  # averaged over the ranks, clipped, applied
+                model.after_step()  # e.g. adaptive spans clamped back into [0, max_span]
             step_seconds.append(time.perf_counter() - started)
-            log(dict(kind="train", iter=iteration, loss=loss, lr=lr))
+            row = dict(kind="train", iter=iteration, loss=loss, lr=lr)
+            if scaler:
+                row.update(loss_scale=scaler.scale, skipped=not finite)  # the scale this step used
+                scaler.update(finite)
+            log(row)
 
             if iteration % settings["log_interval"] == 0:
                 seconds = step_seconds[-1]
@@ -753,15 +776,17 @@ def evaluate_row(model: TransformerLM, task: Task, settings: dict, iteration: in
 
 
 def accumulate_step(model: TransformerLM, task: Task, settings: dict, rng: np.random.Generator,
-                    ranks: parallel.Ranks | None = None) -> tuple[float, dict[str, np.ndarray]]:
+                    ranks: parallel.Ranks | None = None, loss_scale: float = 1.0
+                    ) -> tuple[float, dict[str, np.ndarray]]:
     """Mean loss and gradients over grad_accum_steps micro-batches (copied: backward reuses its buffers), of this
-    rank's rows; under MPI the gradients are summed into the ranks' flat buffer (Ranks.gradient_buffers)."""
+    rank's rows; under MPI the gradients are summed into the ranks' flat buffer (Ranks.gradient_buffers).
+    loss_scale: the gradients are those of loss_scale * the loss (fp16's loss scaling; the loss is not scaled)."""
     ranks = ranks or parallel.world()
     steps = settings["grad_accum_steps"]
     total_loss, total_grads = 0.0, ranks.gradient_buffers(model.parameters())
     for _ in range(steps):
         total_loss += model.loss(*ranks.batch(task, "train", settings["batch_size"], rng)) / steps
-        total_grads = accumulate_grads(total_grads, model.backward(), scale=1.0 / steps)
+        total_grads = accumulate_grads(total_grads, model.backward(loss_scale), scale=1.0 / steps)
     return total_loss, total_grads
 
 
@@ -820,18 +845,22 @@ def saved_settings(out_dir: str | os.PathLike) -> dict:
         raise SystemExit(f"error: --resume found no readable run in {out_dir}/checkpoint ({error})") from None
 
 
-def run(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -> tuple[TransformerLM, Task]:
+def run(settings: dict, out_dir: str | os.PathLike, resume: bool = False, device: str = "cpu"
+        ) -> tuple[TransformerLM, Task]:
     """What train.py does with its resolved settings: read the data, build the model, train() it. Errors exit
     with one `error: ...` line; Ctrl-C (TrainingInterrupted) is left to the caller."""
     try:
         tokenizer = load_tokenizer(Path(out_dir) / "checkpoint") if resume else None  # train() reads the rest
         task = (Task(SortingTask()) if settings["data"] is None
                 else Task.from_text(settings["data"], tokenizer, settings, settings["block_size"]))
-        model = TransformerLM(model_config(settings, task), seed=settings["seed"])
+        try:
+            model = TransformerLM(model_config(settings, task), seed=settings["seed"]).to(device)
+        except ImportError as error:  # --precision bf16 without ml_dtypes
+            raise TrainingError(str(error)) from None
         model.tokenizer = task.tokenizer
         train(model, task, out_dir=out_dir, resume=resume,
               **{name: value for name, value in settings.items() if name not in (*MODEL_KEYS, "data")})
-    except (TrainingError, CheckpointError) as error:
+    except (TrainingError, CheckpointError, DeviceError) as error:
         raise SystemExit(f"error: {error}") from None
     except MemoryError:
         raise SystemExit("error: out of memory: the model or the batch is too large for this machine (see "
@@ -851,7 +880,7 @@ def train_command(args: argparse.Namespace) -> None:
     check_out_dir(args.out_dir)
     settings = resolve_settings(args, saved_settings(args.out_dir) if args.resume else None)
     try:
-        model, task = run(settings, args.out_dir, resume=args.resume)
+        model, task = run(settings, args.out_dir, resume=args.resume, device=args.device)
     except TrainingInterrupted as interrupted:
         where = (f"saved the run at iteration {interrupted.iteration} in {interrupted.checkpoint}; continue it with: "
                  f"python train.py --out-dir {args.out_dir} --resume")

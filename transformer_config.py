@@ -22,6 +22,7 @@ CHOICES = {
     "activation": ("gelu_tanh", "gelu", "swiglu"),
     "init": ("xavier", "gpt2"),
     "dtype": ("float32", "float64"),
+    "precision": ("fp32", "bf16", "fp16"),  # the matrix products' operands (precision.py)
     "attention": ("full", "sliding", "strided", "fixed"),
 }
 # The pattern fields each attention pattern needs; every other pattern must leave them None.
@@ -58,6 +59,9 @@ class TransformerConfig:
         "fixed"    Child et al. 2019: the first half of the heads their own block of `stride` positions,
                    the second half the last `summary` positions of every block (and their own).
         Sequences need not be a multiple of window or stride.
+    dtype: the parameters' and activations' dtype. precision: "fp32", or "bf16" / "fp16" for matrix products on
+        operands rounded to that precision with float32 sums (dtype stays float32: the master weights); see
+        precision.py.
     adaptive_span: each head learns how far back it looks, up to max_span tokens (Sukhbaatar et al.
         2019; attention must be "full"), through a soft mask with a ramp of span_ramp tokens. In training
         mode TransformerLM.loss adds span_loss_coefficient * (the mean span in tokens) for every layer.
@@ -82,6 +86,7 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-5
     init: str = "xavier"
     dtype: str = "float32"
+    precision: str = "fp32"
     attention: str = "full"
     window: int | None = None
     stride: int | None = None
@@ -117,6 +122,9 @@ class TransformerConfig:
         for name, allowed in CHOICES.items():
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.precision != "fp32" and self.dtype != "float32":
+            raise ValueError(f"precision={self.precision!r} keeps float32 master weights, so dtype must be 'float32', "
+                             f"got {self.dtype!r}")
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
         for name in ("norm_first", "tie_weights", "bias", "qkv_bias", "adaptive_span"):

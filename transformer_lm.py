@@ -25,7 +25,9 @@ import hf_llama
 from attention import AttentionPattern
 from checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from decoder import Decoder
-from module import Module
+from device import device_module, random_generator, to_device, to_host
+from module import Dropout, Module
+from precision import autocast, compute_dtype, matmul
 from transformer_config import CHOICES, IGNORE_INDEX, PRESETS, TransformerConfig  # noqa: F401  (re-exported)
 
 
@@ -38,6 +40,8 @@ class TransformerLM(Module):
         if not isinstance(config, TransformerConfig):
             raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
         self.config = config
+        # The dtype of the matrix products' operands (None: float32 products); an unusable precision fails here.
+        self.compute_dtype = compute_dtype(config.precision)
         self.rng = np.random.default_rng(seed)
         self.decoder = Decoder(config, self.rng)
         if not config.tie_weights:
@@ -49,6 +53,23 @@ class TransformerLM(Module):
         # What backward() needs from loss(), with the decoder pass it made: any later pass through the
         # decoder (forward, generate, stream, a picture) overwrites the layer caches, and backward() refuses.
         self.loss_cache = None
+        self.device = "cpu"          # where the parameters live: see to()
+
+    def to(self, device: str) -> TransformerLM:
+        """Move the model to `device` and return it: "cpu" (NumPy) or "cuda" (CuPy on an NVIDIA GPU; pip install -r
+        requirements-gpu.txt). Build it first (the parameters start on the host, from self.rng, so a GPU model starts
+        as the CPU one does), then move it, then take parameters() and build the optimizer. On a GPU the ids and
+        targets cross to it once per loss() or forward(), the logits stay there (device.to_host copies them back),
+        and dropout masks come from a generator of the device seeded by one draw from self.rng."""
+        xp = device_module(device)
+        dropout_rng = self.rng if device == "cpu" else random_generator(xp, int(self.rng.integers(2**63)))
+        for _, module in self.named_modules():
+            if isinstance(module, Dropout):
+                module.rng = dropout_rng
+        super().to(device)
+        self.device = device
+        self.hidden = self.loss_cache = None
+        return self
 
     def initialize(self) -> None:
         """Fill every matrix (ndim 2, embeddings included) from self.rng; vectors keep their start
@@ -91,7 +112,7 @@ class TransformerLM(Module):
     def check_ids(self, ids: npt.ArrayLike, name: str = "ids", check_length: bool = True) -> np.ndarray:
         """Validate token ids at the public boundary: an integer array (B, T), each in [0, vocab_size), and
         (check_length) no longer than max_seq_len with learned positions."""
-        ids = np.asarray(ids)
+        ids = to_host(ids)  # checked on the host, where the batch comes from
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{name} must be an integer array of token ids, got dtype {ids.dtype}")
         if ids.ndim != 2:
@@ -110,14 +131,15 @@ class TransformerLM(Module):
 
     def forward(self, ids: npt.ArrayLike) -> np.ndarray:
         """ids: (B, T) integers in [0, vocab_size) -> logits (B, T, vocab_size)."""
-        return self.logits(self.check_ids(ids))
+        return self.logits(to_device(self.check_ids(ids), self.device))
 
     __call__ = forward
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """forward without the checks, for ids already validated: (B, T) -> (B, T, vocab_size)."""
-        self.hidden = self.decoder.forward(ids)                      # (B, T, C)
-        return self.hidden @ self.output_weight.T                      # (B, T, V)
+        with autocast(self.compute_dtype):
+            self.hidden = self.decoder.forward(ids)                      # (B, T, C)
+            return matmul(self.hidden, self.output_weight.T)             # (B, T, V)
 
     def loss(self, ids: npt.ArrayLike, targets: npt.ArrayLike, ignore_index: int = IGNORE_INDEX) -> float:
         """Mean cross-entropy of next-token targets (B, T) over the positions not equal to ignore_index.
@@ -127,7 +149,7 @@ class TransformerLM(Module):
         gradient. Evaluation mode leaves them out, so validation losses stay plain cross-entropies.
         """
         ids = self.check_ids(ids)
-        targets = np.asarray(targets)
+        targets = to_host(targets)
         if targets.dtype.kind not in "iu":
             raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
         if targets.shape != ids.shape:
@@ -141,9 +163,11 @@ class TransformerLM(Module):
             raise ValueError(f"target {targets[position]} at targets{list(position)} is out of range "
                              f"[0, {self.config.vocab_size}) and is not ignore_index ({ignore_index})")
 
-        logits = self.logits(ids).reshape(-1, self.config.vocab_size)   # (B*T, V), ours to overwrite
         rows = np.flatnonzero(valid)
-        target_ids = targets.reshape(-1)[rows]
+        # The batch crosses to the model's device once (nothing moves on the CPU).
+        ids, valid, rows, target_ids = (to_device(array, self.device)
+                                        for array in (ids, valid, rows, targets.reshape(-1)[rows]))
+        logits = self.logits(ids).reshape(-1, self.config.vocab_size)   # (B*T, V), ours to overwrite
         # loss_i = logsumexp(logits_i) - logits_i[target_i], computed on max-shifted logits; the same
         # buffer then becomes the softmax probabilities that backward needs.
         logits -= logits.max(axis=1, keepdims=True)
@@ -156,9 +180,10 @@ class TransformerLM(Module):
         self.loss_cache = (probabilities, valid.reshape(-1), rows, target_ids, penalized, self.decoder.passes)
         return float(np.sum(losses, dtype=np.float64) / rows.size) + (self.penalty() if penalized else 0.0)
 
-    def backward(self) -> dict[str, np.ndarray]:
+    def backward(self, loss_scale: float = 1.0) -> dict[str, np.ndarray]:
         """Gradients of the last loss() for every parameter: dict name -> array (the model's own
-        buffers, overwritten by the next backward; copy them to accumulate over micro-batches)."""
+        buffers, overwritten by the next backward; copy them to accumulate over micro-batches).
+        loss_scale: the gradients of loss_scale * loss (fp16's loss scaling, precision.LossScaler)."""
         if self.loss_cache is None or self.loss_cache[-1] != self.decoder.passes:
             self.loss_cache = None
             raise RuntimeError("backward() needs a preceding loss(ids, targets) and no pass through the model since "
@@ -166,17 +191,21 @@ class TransformerLM(Module):
         probabilities, valid, rows, target_ids, penalized, _ = self.loss_cache
         self.loss_cache = None
         self.zero_grad()
+        if penalized:  # first, so that scaling the gradients so far scales the penalty's (it is not fp16's concern)
+            self.penalty_backward()
+            if loss_scale != 1.0:
+                for grad in self.gradients().values():
+                    grad *= loss_scale
         # d(mean cross-entropy)/d logits = (softmax - one_hot(target)) / count, zero at ignored rows.
         dlogits = probabilities
         dlogits[rows, target_ids] -= 1.0
-        dlogits *= (1.0 / rows.size)
+        dlogits *= (float(loss_scale) / rows.size)
         dlogits[~valid] = 0.0
         hidden_2d = self.hidden.reshape(-1, self.config.d_model)
-        self.output_grad[...] += dlogits.T @ hidden_2d                   # (V, C)
-        dhidden = (dlogits @ self.output_weight).reshape(self.hidden.shape)
-        self.decoder.backward(dhidden)
-        if penalized:
-            self.penalty_backward()
+        with autocast(self.compute_dtype):
+            self.output_grad[...] += matmul(dlogits.T, hidden_2d)          # (V, C)
+            dhidden = matmul(dlogits, self.output_weight).reshape(self.hidden.shape)
+            self.decoder.backward(dhidden)
         return self.gradients()
 
     def attention_patterns(self) -> list[AttentionPattern]:

@@ -50,13 +50,15 @@ FLOAT_FLAGS = {
     "grad_clip": (lambda value: value >= 0, ()),
     "span_loss_coefficient": (lambda value: value >= 0, ("--adaptive-span",)),
     "dropout": (lambda value: 0 <= value < 1, ()),
+    "rope_theta": (lambda value: value > 0, ("--positional", "rope")),
     "beta1": (lambda value: 0 <= value < 1, ()),
     "beta2": (lambda value: 0 <= value < 1, ()),
 }
 
 INT_FLAGS = {
     **{name: (lambda value: value >= 1, ()) for name in ("batch_size", "eval_interval", "eval_iters", "log_interval",
-                                                         "grad_accum_steps", "n_layers", "n_heads", "d_model")},
+                                                         "grad_accum_steps", "n_layers", "n_heads", "d_model",
+                                                         "n_kv_heads", "head_dim", "d_ff")},
     "max_iters": (lambda value: value >= 1, ("--warmup-iters", 0)),
     "block_size": (lambda value: value >= 1, ("--data", "corpus.txt")),
     "span_ramp": (lambda value: value >= 1, ("--adaptive-span",)),

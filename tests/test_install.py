@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 # Run from the checkout only (they need torch or the checkout beside them): not installed.
-DEVELOPMENT_TOOLS = {"bench", "torch_peer"}
+DEVELOPMENT_TOOLS = {"bench", "gpu_check", "torch_peer"}
 
 
 def pyproject():
