@@ -39,7 +39,6 @@ HF_CASES = {
 }
 NEW_TOKENS = 20
 TOLERANCE = 1e-4
-MEASURED = {}  # case -> max |logit difference|, printed by test_report_parity (pytest -s)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,6 @@ def random_ids(shape, seed=0, vocab_size=SIZES["vocab_size"]):
 
 def assert_logits_close(case, ours, theirs):
     difference = float(np.abs(ours - theirs).max())
-    MEASURED[case] = max(difference, MEASURED.get(case, 0.0))
     assert difference <= TOLERANCE, f"{case}: max |logit difference| {difference:.2e}"
 
 
@@ -318,8 +316,3 @@ def test_generate_cli_refuses_an_unsupported_rope_in_one_line(llama_with_tokeniz
         generate.main(["--hf-model", str(directory), "--prompt", "Hello"])
     assert "\n" not in str(raised.value.code)
 
-
-def test_report_parity():
-    """Prints the largest logit difference of each case run before it (visible with pytest -s)."""
-    for case, difference in sorted(MEASURED.items()):
-        print(f"parity {case}: max |logit difference| {difference:.2e}")
