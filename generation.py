@@ -83,7 +83,7 @@ def decode(model: TransformerLM, state: DecodingState, ids: np.ndarray, key_padd
     if was_training:
         model.eval()
     try:
-        with autocast(model.compute_dtype):  # the model's precision (the last row's projection stays float32)
+        with autocast(model.operand_rounding):  # the model's precision (the last row's projection stays float32)
             last = model.decoder.forward(ids, positions, state.kv_caches, key_padding)[:, -1]    # (B, C)
     finally:
         if was_training:

@@ -13,21 +13,22 @@ LossScaler multiplies the loss gradient by a large power of two before the backw
 survive the rounding), divides it out of the gradients, and skips the step when that produced inf or NaN
 (Micikevicius et al. 2018). bf16 has float32's exponent range and needs no scaling.
 
-On the CPU: NumPy has no bfloat16; the ml_dtypes package provides it (`pip install ml_dtypes`, imported only when
-bf16 is chosen). NumPy has no low-precision BLAS either, so a low-precision product here is a rounding of the
-operands followed by a float32 product: slower than fp32 (the roundings are extra passes over the data) and no
+NumPy has no bfloat16 type (nor can CuPy's be counted on), and none is needed here: a bfloat16 number is the upper
+16 bits of a float32, so `round_to_bfloat16` rounds float32 values to it with integer operations on their bits, in
+any array module. NumPy has no low-precision BLAS either, so a low-precision product is a rounding of the operands
+followed by a float32 product: on the CPU slower than fp32 (the roundings are extra passes over the data) and no
 smaller (the activations stay float32). On the CPU, bf16/fp16 is for checking the numerics of a GPU run, not for
 speed or memory.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from device import array_module
 from transformer_config import CHOICES
 
 PRECISIONS = CHOICES["precision"]
@@ -45,48 +46,59 @@ LOSS_SCALE_GROWTH = 2.0
 # initialization): logits within 1 unit roundoff, every gradient within 2.7.
 ERROR_BOUNDS = {"fp32": 1e-4, "bf16": 8 * 2.0**-8, "fp16": 8 * 2.0**-11}
 
-# The dtype that `matmul` rounds its operands to; None: plain float products. Set by `autocast`, which the model
-# enters around its forward and backward passes.
-_compute_dtype = None
+def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 x -> float32 values that are bfloat16 numbers: the nearest one, ties to even, as a float32 -> bfloat16
+    conversion rounds. bfloat16 keeps float32's sign, 8 exponent bits and upper 7 mantissa bits, so rounding adds
+    half of the dropped 16-bit tail (minus one unless the kept part is odd) and clears the tail; a carry moves into
+    the exponent as it should (the largest values round up to inf). NaN bits could carry out of the word, so NaN
+    stays as it was."""
+    xp = array_module(x)
+    bits = x.view(xp.uint32)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+    return xp.where(xp.isnan(x), x, rounded.view(xp.float32))
 
 
-def compute_dtype(precision: str) -> np.dtype | None:
-    """The dtype of the matrix products' operands for `precision`: None for "fp32", bfloat16 (from ml_dtypes) for
-    "bf16", float16 for "fp16". ValueError for another name, ImportError naming the package when ml_dtypes is
-    missing."""
-    if precision not in PRECISIONS:
+def round_to_float16(x: np.ndarray) -> np.ndarray:
+    """float32 x -> float32 values that are float16 numbers (the nearest; beyond 65504, inf)."""
+    with np.errstate(over="ignore"):
+        return x.astype(np.float16).astype(x.dtype)
+
+
+# precision -> how `matmul` rounds its operands (None: it does not).
+ROUNDINGS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
+    "fp32": None, "bf16": round_to_bfloat16, "fp16": round_to_float16}
+
+# How `matmul` rounds its operands now; None: plain float products. Set by `autocast`, which the model enters around
+# its forward and backward passes.
+_operand_rounding = None
+
+
+def operand_rounding(precision: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The rounding of the matrix products' operands for `precision` (ROUNDINGS); ValueError for another name."""
+    if precision not in ROUNDINGS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        return np.dtype(np.float16)
-    try:
-        ml_dtypes = importlib.import_module("ml_dtypes")
-    except ImportError:
-        raise ImportError("precision='bf16' needs the ml_dtypes package (NumPy has no bfloat16 type): "
-                          "pip install ml_dtypes, or choose precision 'fp16' or 'fp32'") from None
-    return np.dtype(ml_dtypes.bfloat16)
+    return ROUNDINGS[precision]
 
 
 @contextlib.contextmanager
-def autocast(dtype: np.dtype | None) -> Iterator[None]:
-    """Within the block, `matmul` rounds its operands to `dtype` (None: no rounding); the previous setting comes
+def autocast(rounding: Callable[[np.ndarray], np.ndarray] | None) -> Iterator[None]:
+    """Within the block, `matmul` rounds its operands with `rounding` (None: not at all); the previous setting comes
     back after it, so blocks nest."""
-    global _compute_dtype
-    previous, _compute_dtype = _compute_dtype, dtype
+    global _operand_rounding
+    previous, _operand_rounding = _operand_rounding, rounding
     try:
         yield
     finally:
-        _compute_dtype = previous
+        _operand_rounding = previous
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b; inside autocast(low dtype), of a and b rounded to it, with the products summed in float32 and a float32
-    result. (Products of two bf16 or two fp16 numbers are exact in float32, so a float32 product of the rounded
-    operands is that sum; NumPy's own float16 matmul would round the result and runs ~300x slower than float32.)"""
-    if _compute_dtype is None:
+    """a @ b; inside autocast(rounding), of a and b rounded to the low precision, multiplied in float32. (Products of
+    two bf16 or two fp16 numbers are exact in float32, so this is the low-precision product with float32 sums;
+    NumPy's own float16 matmul would round the result and runs ~300x slower than float32.)"""
+    if _operand_rounding is None:
         return a @ b
-    return np.matmul(a.astype(_compute_dtype), b.astype(_compute_dtype), dtype=np.float32)
+    return _operand_rounding(a) @ _operand_rounding(b)
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:

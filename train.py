@@ -207,8 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--span-loss-coefficient", type=float, help="L1 penalty per token of mean span")
     add("--dtype", choices=CHOICES["dtype"])
     add("--precision", choices=CHOICES["precision"], help="matrix products on bfloat16 or float16 operands with "
-        "float32 sums, float32 master weights; fp16 adds dynamic loss scaling; bf16 needs ml_dtypes; slower on a "
-        "CPU (precision.py)")
+        "float32 sums, float32 master weights; fp16 adds dynamic loss scaling; slower on a CPU (precision.py)")
     add("--lr", type=float, help="peak learning rate")
     add("--min-lr", type=float, help="learning rate at the end of the cosine decay")
     add("--warmup-iters", type=int, help="linear warm-up; cut to a tenth of the decay horizon when it does not fit "
@@ -853,10 +852,7 @@ def run(settings: dict, out_dir: str | os.PathLike, resume: bool = False, device
         tokenizer = load_tokenizer(Path(out_dir) / "checkpoint") if resume else None  # train() reads the rest
         task = (Task(SortingTask()) if settings["data"] is None
                 else Task.from_text(settings["data"], tokenizer, settings, settings["block_size"]))
-        try:
-            model = TransformerLM(model_config(settings, task), seed=settings["seed"]).to(device)
-        except ImportError as error:  # --precision bf16 without ml_dtypes
-            raise TrainingError(str(error)) from None
+        model = TransformerLM(model_config(settings, task), seed=settings["seed"]).to(device)
         model.tokenizer = task.tokenizer
         train(model, task, out_dir=out_dir, resume=resume,
               **{name: value for name, value in settings.items() if name not in (*MODEL_KEYS, "data")})

@@ -27,7 +27,7 @@ from checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from decoder import Decoder
 from device import device_module, random_generator, to_device, to_host
 from module import Dropout, Module
-from precision import autocast, compute_dtype, matmul
+from precision import autocast, matmul, operand_rounding
 from transformer_config import CHOICES, IGNORE_INDEX, PRESETS, TransformerConfig  # noqa: F401  (re-exported)
 
 
@@ -40,8 +40,8 @@ class TransformerLM(Module):
         if not isinstance(config, TransformerConfig):
             raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
         self.config = config
-        # The dtype of the matrix products' operands (None: float32 products); an unusable precision fails here.
-        self.compute_dtype = compute_dtype(config.precision)
+        # How the matrix products round their operands (None: float32 products); a bad precision fails here.
+        self.operand_rounding = operand_rounding(config.precision)
         self.rng = np.random.default_rng(seed)
         self.decoder = Decoder(config, self.rng)
         if not config.tie_weights:
@@ -137,7 +137,7 @@ class TransformerLM(Module):
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """forward without the checks, for ids already validated: (B, T) -> (B, T, vocab_size)."""
-        with autocast(self.compute_dtype):
+        with autocast(self.operand_rounding):
             self.hidden = self.decoder.forward(ids)                      # (B, T, C)
             return matmul(self.hidden, self.output_weight.T)             # (B, T, V)
 
@@ -202,7 +202,7 @@ class TransformerLM(Module):
         dlogits *= (float(loss_scale) / rows.size)
         dlogits[~valid] = 0.0
         hidden_2d = self.hidden.reshape(-1, self.config.d_model)
-        with autocast(self.compute_dtype):
+        with autocast(self.operand_rounding):
             self.output_grad[...] += matmul(dlogits.T, hidden_2d)          # (V, C)
             dhidden = matmul(dlogits, self.output_weight).reshape(self.hidden.shape)
             self.decoder.backward(dhidden)

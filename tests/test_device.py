@@ -137,6 +137,17 @@ def test_forward_loss_and_gradients_on_the_device_equal_the_cpu_bit_for_bit(stri
         assert_same(grad, cpu_grads[parameter])
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_on_the_device_equals_the_cpu_bit_for_bit(strict, precision):
+    """The operand roundings (precision.py) use the device's own array module: bfloat16 from the bits, no host type."""
+    cpu, ours = model_on("cpu", "modern", precision=precision), model_on("strict", "modern", precision=precision)
+    ids, targets = batch()
+    assert ours.loss(ids, targets) == cpu.loss(ids, targets)
+    cpu_grads, grads = cpu.backward(), ours.backward()
+    for parameter, grad in grads.items():
+        assert_same(grad, cpu_grads[parameter])
+
+
 def train_steps(model, steps=3):
     optimizer = AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     losses = []

@@ -1,19 +1,26 @@
 """Mixed precision (precision.py): the switch, float32 master weights, the loss scaler, and the error bounds."""
 import dataclasses
-import sys
 
 import numpy as np
 import pytest
+from conftest import require_oracle
 
 import precision
 import train
 from checkpoint import load_state
 from optim import AdamW
-from precision import ERROR_BOUNDS, LossScaler, autocast, check_error, compute_dtype, matmul
+from precision import (
+    ERROR_BOUNDS,
+    ROUNDINGS,
+    LossScaler,
+    autocast,
+    check_error,
+    matmul,
+    operand_rounding,
+    round_to_bfloat16,
+)
 from tokenizer import CharTokenizer
 from transformer_lm import TransformerConfig, TransformerLM
-
-ml_dtypes = pytest.importorskip("ml_dtypes", reason="bf16 needs ml_dtypes (pip install -r requirements-dev.txt)")
 
 SMALL = TransformerConfig(vocab_size=32, d_model=32, n_heads=4, n_layers=2, max_seq_len=16, dropout=0.0,
                           positional="learned", norm_first=True, init="gpt2")
@@ -46,25 +53,44 @@ def test_bad_precision_values_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(SMALL, **fields)
     with pytest.raises(ValueError, match="precision must be one of"):
-        compute_dtype("half")
+        operand_rounding("half")
     with pytest.raises(SystemExit):
         train.parse_args(["--precision", "fp8"])
 
 
-def test_bf16_without_ml_dtypes_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # what a missing package looks like to import
-    with pytest.raises(ImportError, match="pip install ml_dtypes"):
-        TransformerLM(dataclasses.replace(SMALL, precision="bf16"))
-    TransformerLM(dataclasses.replace(SMALL, precision="fp16"))  # fp16 is NumPy's own
+def test_bfloat16_rounding_equals_ml_dtypes_conversion():
+    ml_dtypes = require_oracle("ml_dtypes")
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)  # every kind of float32 bit pattern
+    special = np.array([0.0, -0.0, 1.0, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                        np.finfo(np.float32).tiny, 1e-45, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-9,
+                        1.0 + 3 * 2.0**-9], np.float32)  # 1 + 2^-8 ties to even (down), 1 + 3 * 2^-8 (up)
+    x = np.concatenate([bits.view(np.float32), special])
+    ours = round_to_bfloat16(x)
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns about the NaNs it converts
+        theirs = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(x))  # NaN stays NaN, whatever its bits
+    finite = ~np.isnan(x)
+    np.testing.assert_array_equal(ours[finite].view(np.uint32), theirs[finite].view(np.uint32))  # -0.0 included
+
+
+def test_bfloat16_rounding_by_hand():
+    x = np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-9, 3.0e38, 65504.0], np.float32)
+    # ties go to the even neighbour (1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6), less than half a step rounds down,
+    # more rounds up (3e38 to 226/128 * 2^127), and past the largest bfloat16 to inf
+    expected = np.array([1.0, 1.0 + 2.0**-6, 1.0, 2.0**127 * 1.765625, 65536.0], np.float32)
+    np.testing.assert_array_equal(round_to_bfloat16(x), expected)
+    assert round_to_bfloat16(np.array([3.4e38], np.float32))[0] == np.inf
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
 def test_matmul_rounds_its_operands_and_sums_in_float32(name):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((3, 5, 64), dtype=np.float32), rng.standard_normal((64, 7), dtype=np.float32)
-    low = compute_dtype(name)
-    exact = a.astype(low).astype(np.float64) @ b.astype(low).astype(np.float64)  # the rounded operands' products
-    with autocast(low):
+    rounding = ROUNDINGS[name]
+    exact = rounding(a).astype(np.float64) @ rounding(b).astype(np.float64)  # the rounded operands' products
+    with autocast(rounding):
         product = matmul(a, b)
     assert product.dtype == np.float32
     np.testing.assert_allclose(product, exact, rtol=0, atol=64 * 2.0**-24 * np.abs(exact).max())
@@ -81,7 +107,7 @@ def test_master_weights_and_adamw_moments_stay_float32(name):
     for arrays in (model.parameters(), model.gradients(), optimizer.exp_avg, optimizer.exp_avg_sq):
         assert {value.dtype for value in arrays.values()} == {np.dtype(np.float32)}
     # Masters, not rounded copies: the updates left values between the low precision's neighbours.
-    assert (weight != weight.astype(compute_dtype(name)).astype(np.float32)).mean() > 0.5
+    assert (weight != ROUNDINGS[name](weight)).mean() > 0.5
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
