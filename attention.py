@@ -324,10 +324,13 @@ class AttentionPattern(Module):
     def tile_weights(self, index: int, rows: slice, keys: slice, tile: DenseLayout, cache: TiledCache
                      ) -> KernelCache:
         """The kernel's weights for one tile of a TiledLayout (queries `rows` against `keys`), drawn with
-        the tile's own dropout generator: the same in the forward and in the backward's recomputation."""
+        the tile's own dropout generator: the same in the forward and in the backward's recomputation (without
+        dropout, the layer's own Dropout, which draws nothing)."""
+        dropout = cache.dropout
+        if dropout.training and dropout.p > 0.0:
+            dropout = tile_dropout(dropout, cache.seed, index, array_module(cache.keys))
         return attention_weights(cache.scaled_queries[:, :, rows], cache.keys[:, :, keys], cache.values[:, :, keys],
-                                 cache.blocked(tile.query_positions, tile.key_positions),
-                                 tile_dropout(cache.dropout, cache.seed, index, array_module(cache.keys)),
+                                 cache.blocked(tile.query_positions, tile.key_positions), dropout,
                                  self.span_mask(tile))
 
     def attend_tiles(self, group: HeadGroup, group_keys: slice, layout: TiledLayout, scaled_queries: np.ndarray,
