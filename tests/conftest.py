@@ -113,6 +113,20 @@ def run_train_cli(*flags):
     return train.main([str(flag) for flag in flags])
 
 
+def decoding_steps(model, state, ids, steps, rng):
+    """Decode ids (B, T) into `state` (a generation.DecodingState), then `steps` random tokens one at a time; before
+    each new token yields the cached logits of the last position and the full forward's for the same sequence."""
+    import numpy as np
+
+    from generation import decode
+    logits = decode(model, state, ids)
+    for _ in range(steps):
+        yield logits, model(ids)[:, -1]
+        token = rng.integers(0, model.config.vocab_size, (len(ids), 1))
+        ids = np.concatenate([ids, token], axis=1)
+        logits = decode(model, state, token)
+
+
 def random_gpt2_model(seed=0, **overrides):
     """A small GPT-2-layout model with every parameter (vectors too) drawn from N(0, 0.5^2), so that any
     misplaced tensor shows; in eval mode."""

@@ -2,10 +2,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import decoding_steps
 from gradcheck import RELATIVE_ERROR_BOUND, check_layer
 
 from attention import AttentionPattern, CausalSelfAttention, TiledLayout, causal_blocked, softmax
-from generation import DecodingState, decode
+from generation import DecodingState
 from sparse_attention import AdaptiveSpan, SlidingWindow, Strided
 from transformer_lm import TransformerConfig, TransformerLM
 
@@ -187,12 +188,6 @@ def test_kv_cache_decoding_equals_the_tiled_full_forward():
         pattern.tiled_from, pattern.tile_size = 1, 3
     rng = np.random.default_rng(18)
     ids = rng.integers(0, 11, (2, 4))
-    state = DecodingState(model, 2, 14)
-    logits = decode(model, state, ids)
-    for _ in range(10):
-        full_logits = model(ids)[:, -1]
+    for logits, full_logits in decoding_steps(model, DecodingState(model, 2, 14), ids, 10, rng):
         assert isinstance(model.attention_patterns()[0].cache[0][1], TiledLayout)
         np.testing.assert_allclose(logits, full_logits, rtol=0, atol=1e-12)
-        token = rng.integers(0, 11, (2, 1))
-        ids = np.concatenate([ids, token], axis=1)
-        logits = decode(model, state, token)

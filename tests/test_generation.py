@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import decoding_steps
 
 from generation import DecodingState, decode, greedy_without_cache, left_pad, next_token_probabilities, sample_next
 from transformer_lm import TransformerConfig, TransformerLM
@@ -20,15 +21,8 @@ def test_cached_logits_equal_the_full_forward_at_every_step(variant, dtype, boun
     model = make_model(dtype=dtype, **variant).eval()
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 23, (3, 5))
-    state = DecodingState(model, 3, 5 + 12)
-    logits = decode(model, state, ids)
-    for _ in range(12):
-        full = model(ids)[:, -1]
-        scale = np.abs(full).max()
-        assert np.abs(logits - full).max() <= bound * scale
-        token = rng.integers(0, 23, (3, 1))
-        ids = np.concatenate([ids, token], axis=1)
-        logits = decode(model, state, token)
+    for logits, full in decoding_steps(model, DecodingState(model, 3, 5 + 12), ids, 12, rng):
+        assert np.abs(logits - full).max() <= bound * np.abs(full).max()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import decoding_steps
 from gradcheck import RELATIVE_ERROR_BOUND, check_layer, check_model
 
 from attention import AttentionPattern, CausalSelfAttention, TiledLayout
@@ -171,14 +172,9 @@ def test_cached_logits_equal_the_full_forward_at_every_step(variant, dtype, boun
     ids = rng.integers(0, 23, (3, 6))
     state = DecodingState(model, 3, 6 + 12)
     assert state.kv_caches[0].keys.shape[1] == model.config.n_kv_heads
-    logits = decode(model, state, ids)
-    for _ in range(12):
-        full = model(ids)[:, -1]
+    for logits, full in decoding_steps(model, state, ids, 12, rng):
         assert logits.dtype == full.dtype == np.dtype(dtype)
         assert np.abs(logits - full).max() <= bound * np.abs(full).max()
-        token = rng.integers(0, 23, (3, 1))
-        ids = np.concatenate([ids, token], axis=1)
-        logits = decode(model, state, token)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -333,12 +329,6 @@ def test_kv_cache_decoding_equals_the_tiled_full_forward_of_a_long_sequence(vari
     model = make_model(max_seq_len=600, n_layers=1, **VARIANTS[variant])
     rng = np.random.default_rng(10)
     ids = rng.integers(0, 23, (2, 514))
-    state = DecodingState(model, 2, 520)
-    logits = decode(model, state, ids)
-    for _ in range(4):
-        full = model(ids)[:, -1]
+    for logits, full in decoding_steps(model, DecodingState(model, 2, 520), ids, 4, rng):
         assert all(isinstance(layout, TiledLayout) for _, layout, _ in model.attention_patterns()[0].cache)
         np.testing.assert_allclose(logits, full, rtol=0, atol=1e-10 * np.abs(full).max())
-        token = rng.integers(0, 23, (2, 1))
-        ids = np.concatenate([ids, token], axis=1)
-        logits = decode(model, state, token)

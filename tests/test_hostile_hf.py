@@ -80,14 +80,16 @@ def edit_config(directory, **changes):
     write_json(directory / "config.json", {**config, **changes})
 
 
-def assert_refused(directory, error=ValueError, match=None):
+def assert_refused(directory, error=ValueError, match=None, shape_of=None, expected_shape=None):
     """Loading `directory` raises `error` whose message names the directory (and matches `match`), without
-    building a model of any other shape than the one the files hold."""
+    building a model of any other shape than the one the files hold: shape_of(config) == expected_shape for every
+    config built (default: built_shape and SHAPE, the GPT-2 export's)."""
+    shape_of, expected_shape = shape_of or built_shape, expected_shape or SHAPE
     ConfigRecordingLM.built.clear()
     with pytest.raises(error, match=match) as raised:
         ConfigRecordingLM.from_pretrained(directory)
     assert str(directory) in str(raised.value)
-    assert all(built_shape(config) == SHAPE for config in ConfigRecordingLM.built)
+    assert all(shape_of(config) == expected_shape for config in ConfigRecordingLM.built)
     return raised.value
 
 

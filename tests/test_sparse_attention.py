@@ -3,6 +3,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import decoding_steps
 from gradcheck import RELATIVE_ERROR_BOUND, check_layer, check_model
 
 from attention import CausalSelfAttention, KVCache
@@ -229,12 +230,8 @@ def test_cached_logits_equal_the_full_forward_at_every_step(pattern):
     ids = rng.integers(0, 11, (2, 5))
     state = DecodingState(model, 2, 5 + 10)
     assert state.kv_caches[0].rolling == (pattern in ("sliding", "adaptive span"))
-    logits = decode(model, state, ids)
-    for _ in range(10):
-        np.testing.assert_allclose(logits, model(ids)[:, -1], atol=1e-10)
-        token = rng.integers(0, 11, (2, 1))
-        ids = np.concatenate([ids, token], axis=1)
-        logits = decode(model, state, token)
+    for logits, full_logits in decoding_steps(model, state, ids, 10, rng):
+        np.testing.assert_allclose(logits, full_logits, atol=1e-10)
 
 
 @pytest.mark.parametrize("pattern", MODEL_PATTERNS)
