@@ -100,6 +100,7 @@ GPT2_ARCHITECTURE = {
     "norm_first": (True, "GPT-2 applies LayerNorm before each sub-layer (pre-LN) and once after the last block"),
     "norm": ("layernorm", "GPT-2 normalizes with LayerNorm"),
     "bias": (True, "every linear map and LayerNorm of GPT-2 has a bias"),
+    "qkv_bias": (True, "GPT-2's query/key/value projection has a bias"),
     "attention": ("full", "every GPT-2 query attends to all earlier positions"),
     "adaptive_span": (False, "GPT-2's attention heads have no learned span"),
 }
@@ -428,6 +429,10 @@ def unsupported_setting(config: TransformerConfig) -> str | None:
     if config.activation not in ACTIVATIONS_TO_GPT2:
         return (f"activation={config.activation!r} has no GPT-2 equivalent (GPT-2's feed-forward is Linear, GELU, "
                 f"Linear: activation in {list(ACTIVATIONS_TO_GPT2)})")
+    if config.n_kv_heads != config.n_heads or config.n_heads * config.head_dim != config.d_model:
+        return (f"n_kv_heads={config.n_kv_heads}, head_dim={config.head_dim} has no GPT-2 equivalent (every GPT-2 head "
+                f"has its own keys and values, and head_dim = n_embd / n_head: n_kv_heads={config.n_heads}, "
+                f"head_dim={config.d_model // config.n_heads})")
     return None
 
 

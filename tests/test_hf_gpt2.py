@@ -175,7 +175,11 @@ def test_save_then_load_round_trips_exactly(tmp_path):
     (dict(norm="rmsnorm"), "norm='rmsnorm' has no GPT-2 equivalent"),
     (dict(activation="swiglu"), "activation='swiglu' has no GPT-2 equivalent"),
     (dict(bias=False), "bias=False has no GPT-2 equivalent"),
-], ids=["post-LN", "sinusoidal", "sliding-window", "adaptive-span", "rmsnorm", "swiglu", "no-bias"])
+    (dict(qkv_bias=False), "qkv_bias=False has no GPT-2 equivalent"),
+    (dict(n_kv_heads=1), "n_kv_heads=1, head_dim=4 has no GPT-2 equivalent"),
+    (dict(head_dim=6), "n_kv_heads=3, head_dim=6 has no GPT-2 equivalent"),
+], ids=["post-LN", "sinusoidal", "sliding-window", "adaptive-span", "rmsnorm", "swiglu", "no-bias", "no-qkv-bias",
+        "grouped-query", "head-dim"])
 def test_save_refuses_architectures_gpt2_cannot_express(overrides, setting, tmp_path):
     with pytest.raises(ValueError, match=setting):
         random_model(**overrides).save_pretrained(tmp_path / "out")
