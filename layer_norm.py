@@ -14,6 +14,8 @@ class LayerNorm(Module):
     x: (B, T, C) -> (B, T, C).  weight (the gain) starts at 1, bias at 0; bias=False leaves the bias out.
     """
 
+    center = True  # subtract the mean first (RMSNorm does not)
+
     def __init__(self, d_model: int, eps: float, dtype: npt.DTypeLike, bias: bool = True) -> None:
         super().__init__()
         self.eps = eps
@@ -25,8 +27,7 @@ class LayerNorm(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (..., C) -> (..., C), normalized over C."""
-        mean = x.mean(axis=-1, keepdims=True)
-        centered = x - mean
+        centered = x - x.mean(axis=-1, keepdims=True) if self.center else x.copy()
         variance = np.mean(centered * centered, axis=-1, keepdims=True)
         self.inverse_std = 1.0 / np.sqrt(variance + self.eps)
         centered *= self.inverse_std                 # in place: x_hat without another (B, T, C) array
@@ -39,7 +40,8 @@ class LayerNorm(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """dout (..., C) -> dx (..., C); adds the gradients of weight and bias."""
         # With x_hat the normalized input and g = dout * weight, differentiating through the mean
-        # and the variance gives  dx = inverse_std * (g - mean(g) - x_hat * mean(g * x_hat)).
+        # and the variance gives  dx = inverse_std * (g - mean(g) - x_hat * mean(g * x_hat));
+        # without the centering (RMSNorm: dr/dx = -r^3 x / C for r = 1 / sqrt(mean(x^2) + eps)) the mean(g) term goes.
         batch_axes = tuple(range(dout.ndim - 1))
         self.grads["weight"] += np.sum(dout * self.normalized, axis=batch_axes)
         if "bias" in self.grads:
@@ -47,12 +49,13 @@ class LayerNorm(Module):
         g = dout * self.params["weight"]
         dx = self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True)
         np.subtract(g, dx, out=dx)
-        dx -= g.mean(axis=-1, keepdims=True)
+        if self.center:
+            dx -= g.mean(axis=-1, keepdims=True)
         dx *= self.inverse_std
         return dx
 
 
-class RMSNorm(Module):
+class RMSNorm(LayerNorm):
     """y = x / sqrt(mean(x^2) + eps) * weight, over the last axis (C): LayerNorm without the centering and
     without a bias (Zhang & Sennrich 2019; Llama, Mistral, Qwen2). The statistics stay in x's dtype, as
     LayerNorm's do.
@@ -60,27 +63,7 @@ class RMSNorm(Module):
     x: (B, T, C) -> (B, T, C).  weight (the gain) starts at 1.
     """
 
+    center = False
+
     def __init__(self, d_model: int, eps: float, dtype: npt.DTypeLike) -> None:
-        super().__init__()
-        self.eps = eps
-        self.add_parameter("weight", np.ones(d_model, dtype=dtype))
-        self.normalized = None
-        self.inverse_rms = None
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x: (..., C) -> (..., C), scaled to unit root mean square over C."""
-        self.inverse_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        self.normalized = x * self.inverse_rms
-        return self.normalized * self.params["weight"]
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """dout (..., C) -> dx (..., C); adds the gradient of weight."""
-        # With x_hat = x * r, r = 1 / sqrt(mean(x^2) + eps) and g = dout * weight, differentiating r
-        # (dr/dx = -r^3 x / C) gives  dx = r * (g - x_hat * mean(g * x_hat)).
-        batch_axes = tuple(range(dout.ndim - 1))
-        self.grads["weight"] += np.sum(dout * self.normalized, axis=batch_axes)
-        g = dout * self.params["weight"]
-        dx = self.normalized * np.mean(g * self.normalized, axis=-1, keepdims=True)
-        np.subtract(g, dx, out=dx)
-        dx *= self.inverse_rms
-        return dx
+        super().__init__(d_model, eps, dtype, bias=False)
