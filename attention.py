@@ -327,7 +327,7 @@ class AttentionPattern(Module):
         the tile's own dropout generator: the same in the forward and in the backward's recomputation (without
         dropout, the layer's own Dropout, which draws nothing)."""
         dropout = cache.dropout
-        if dropout.training and dropout.p > 0.0:
+        if dropout.draws:
             dropout = tile_dropout(dropout, cache.seed, index, array_module(cache.keys))
         return attention_weights(cache.scaled_queries[:, :, rows], cache.keys[:, :, keys], cache.values[:, :, keys],
                                  cache.blocked(tile.query_positions, tile.key_positions), dropout,
@@ -339,9 +339,8 @@ class AttentionPattern(Module):
         heads `group_keys` of keys, values (B, KV, T, D) -> (B, h, T, D).
         Keeps the inputs (a TiledCache) and, in training while they hold at most kept_scores scores, the tiles'
         kernel caches."""
-        dropping = dropout.training and dropout.p > 0.0
         # One draw from the model's generator per group seeds every tile's mask.
-        seed = int(dropout.rng.integers(2**63)) if dropping else 0
+        seed = int(dropout.rng.integers(2**63)) if dropout.draws else 0
         group_queries = scaled_queries[:, group.heads]
         keep = self.training and math.prod(group_queries.shape[:2]) * layout.num_scores <= self.kept_scores
         cache = TiledCache(group_queries, keys[:, group_keys], values[:, group_keys],

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from device import array_module, to_device
-from precision import matmul
+from precision import matmul, round_operand
 
 
 class Module:
@@ -96,10 +96,11 @@ class Module:
         penalty): 0.0 unless a layer below defines one."""
         return sum((child.penalty() for _, child in self.children()), 0.0)
 
-    def penalty_backward(self) -> None:
-        """Add the gradient of penalty() to the grads of the parameters it depends on."""
+    def penalty_backward(self, scale: float = 1.0) -> None:
+        """Add the gradient of scale * penalty() to the grads of the parameters it depends on (scale: the loss
+        scale of fp16 training)."""
         for _, child in self.children():
-            child.penalty_backward()
+            child.penalty_backward(scale)
 
     def after_step(self) -> None:
         """Called after each optimizer step, for constraints a gradient step may break (the adaptive span
@@ -127,10 +128,11 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray, grad_we
     dL/dx = dout W^T."""
     x_2d = x.reshape(-1, x.shape[-1])
     dout_2d = dout.reshape(-1, dout.shape[-1])
-    grad_weight += matmul(x_2d.T, dout_2d)
+    dout_operand = round_operand(dout_2d)  # an operand of both products below: rounded once (bf16, fp16)
+    grad_weight += round_operand(x_2d).T @ dout_operand
     if grad_bias is not None:
         grad_bias += dout_2d.sum(axis=0)
-    return matmul(dout_2d, weight.T).reshape(x.shape)
+    return (dout_operand @ round_operand(weight).T).reshape(x.shape)
 
 
 class Dropout(Module):
@@ -146,9 +148,14 @@ class Dropout(Module):
         self.rng = rng
         self.scaled_mask = None
 
+    @property
+    def draws(self) -> bool:
+        """Whether forward draws a mask: in training, with p > 0."""
+        return self.training and self.p > 0.0
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x (any shape) -> x with dropout applied (x itself in evaluation mode or with p = 0)."""
-        if not self.training or self.p == 0.0:
+        if not self.draws:
             self.scaled_mask = None
             return x
         keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p

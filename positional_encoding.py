@@ -76,10 +76,11 @@ def rope_tables(positions: npt.ArrayLike, head_dim: int, theta: float, dtype: np
     xp = array_module(positions)  # built where the positions are: no table crosses to a device per step
     inverse_frequencies = float(theta) ** (-xp.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     angles = xp.asarray(positions, dtype=np.float64)[..., None] * inverse_frequencies  # (..., T, D/2)
-    angles = np.concatenate([angles, angles], axis=-1)
     if angles.ndim == 3:
-        angles = angles[:, None]  # (B, 1, T, D): the same rotation for every head of a row
-    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+        angles = angles[:, None]  # (B, 1, T, D/2): the same rotation for every head of a row
+    # Both halves of a head turn by the same angles: one cosine and one sine per pair, written twice.
+    cos, sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+    return np.concatenate([cos, cos], axis=-1), np.concatenate([sin, sin], axis=-1)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:

@@ -51,11 +51,17 @@ def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
     conversion rounds. bfloat16 keeps float32's sign, 8 exponent bits and upper 7 mantissa bits, so rounding adds
     half of the dropped 16-bit tail (minus one unless the kept part is odd) and clears the tail; a carry moves into
     the exponent as it should (the largest values round up to inf). NaN bits could carry out of the word, so NaN
-    stays as it was."""
+    stays as it was. In place on one new array: it runs on both operands of every product."""
     xp = array_module(x)
     bits = x.view(xp.uint32)
-    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-    return xp.where(xp.isnan(x), x, rounded.view(xp.float32))
+    rounded = bits >> 16
+    rounded &= 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded &= 0xFFFF0000
+    rounded = rounded.view(xp.float32)
+    xp.copyto(rounded, x, where=xp.isnan(x))
+    return rounded
 
 
 def round_to_float16(x: np.ndarray) -> np.ndarray:
@@ -92,13 +98,17 @@ def autocast(rounding: Callable[[np.ndarray], np.ndarray] | None) -> Iterator[No
         _operand_rounding = previous
 
 
+def round_operand(x: np.ndarray) -> np.ndarray:
+    """x rounded to the low precision inside autocast(rounding), x itself outside. Rounding twice changes nothing,
+    so an operand of several products may be rounded once for all of them."""
+    return x if _operand_rounding is None else _operand_rounding(x)
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b; inside autocast(rounding), of a and b rounded to the low precision, multiplied in float32. (Products of
     two bf16 or two fp16 numbers are exact in float32, so this is the low-precision product with float32 sums;
     NumPy's own float16 matmul would round the result and runs ~300x slower than float32.)"""
-    if _operand_rounding is None:
-        return a @ b
-    return _operand_rounding(a) @ _operand_rounding(b)
+    return round_operand(a) @ round_operand(b)
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:

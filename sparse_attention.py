@@ -296,9 +296,9 @@ class AdaptiveSpan(AttentionPattern):
         """The L1 penalty on the spans: loss_coefficient * (mean over heads of z in tokens)."""
         return self.loss_coefficient * self.max_span * float(np.mean(self.params["span"]))
 
-    def penalty_backward(self) -> None:
-        """d penalty / d span: loss_coefficient * max_span / H for every head."""
-        self.grads["span"] += self.loss_coefficient * self.max_span / self.params["span"].size
+    def penalty_backward(self, scale: float = 1.0) -> None:
+        """scale * d penalty / d span: scale * loss_coefficient * max_span / H for every head."""
+        self.grads["span"] += self.loss_coefficient * self.max_span / self.params["span"].size * scale
 
     def after_step(self) -> None:
         """Keep every span parameter in [0, 1] (0 to max_span tokens) after an optimizer step, as the

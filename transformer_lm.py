@@ -191,11 +191,8 @@ class TransformerLM(Module):
         probabilities, valid, rows, target_ids, penalized, _ = self.loss_cache
         self.loss_cache = None
         self.zero_grad()
-        if penalized:  # first, so that scaling the gradients so far scales the penalty's (it is not fp16's concern)
-            self.penalty_backward()
-            if loss_scale != 1.0:
-                for grad in self.gradients().values():
-                    grad *= loss_scale
+        if penalized:
+            self.penalty_backward(loss_scale)
         # d(mean cross-entropy)/d logits = (softmax - one_hot(target)) / count, zero at ignored rows.
         dlogits = probabilities
         dlogits[rows, target_ids] -= 1.0

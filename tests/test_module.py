@@ -44,8 +44,8 @@ class SquaredPenalty(Module):
     def penalty(self):
         return self.coefficient * float(np.sum(self.params["w"] ** 2))
 
-    def penalty_backward(self):
-        self.grads["w"] += 2 * self.coefficient * self.params["w"]
+    def penalty_backward(self, scale=1.0):
+        self.grads["w"] += 2 * self.coefficient * self.params["w"] * scale
 
     def after_step(self):
         self.steps += 1
