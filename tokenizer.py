@@ -52,7 +52,7 @@ from collections.abc import Iterable, Mapping, Set
 from pathlib import Path
 from typing import Union
 
-from atomic_files import atomic_output, read_json
+from atomic_files import read_json, write_text
 
 CHAR_TOKENIZER_FILE = "tokenizer.json"  # also the name of the `tokenizers` library's single-file format
 
@@ -135,9 +135,7 @@ class CharTokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``to_dict()`` as ``directory``/tokenizer.json (whole or not at all), creating the directory."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_text(directory / CHAR_TOKENIZER_FILE, json.dumps(self.to_dict(), ensure_ascii=False))
+        write_text(Path(directory) / CHAR_TOKENIZER_FILE, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CharTokenizer:
@@ -373,15 +371,7 @@ class ByteBPETokenizer:
         missing_bytes = [byte for byte in range(256) if bytes([byte]) not in vocab]
         if missing_bytes:
             raise ValueError(f"the vocabulary lacks {len(missing_bytes)} single-byte tokens, e.g. {missing_bytes[0]}")
-        merge_ranks = {}  # (left id, right id) -> (rank, id of the joined token)
-        for rank, (left, right) in enumerate(merges):
-            for part in (left, right, left + right):
-                if part not in vocab:
-                    raise ValueError(f"merge {rank} ({left!r}, {right!r}) needs {part!r}, not in the vocabulary")
-            pair = (vocab[left], vocab[right])
-            if pair in merge_ranks:
-                raise ValueError(f"merge {rank} ({left!r}, {right!r}) repeats merge {merge_ranks[pair][0]}")
-            merge_ranks[pair] = (rank, vocab[left + right])
+        merge_ranks = _merge_ranks(merges, vocab, "the vocabulary")
         for text in special_tokens:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"special tokens must be non-empty strings, got {text!r}")
@@ -662,7 +652,7 @@ class ByteBPETokenizer:
             if not isinstance(merge, str):
                 raise ValueError(f"{path}: merge {index} is {reprlib.repr(merge)}; expected a 'left right' string "
                                  f"or a [left, right] pair of strings")
-            merge_lines.append(merge)
+            merge_lines.append(merge)  # its split is checked with GPT-2's byte alphabet, by line, in _from_tables
         vocab = dict(vocab)
         for _, content, token_id in _added_tokens(data.get("added_tokens", []), path):
             if vocab.setdefault(content, token_id) != token_id:
@@ -687,11 +677,9 @@ class ByteBPETokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         """Write vocab.json and merges.txt (GPT-2's formats) into ``directory``, creating it; each file whole or
         not at all."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tables = self.to_dict()
-        _write_text(directory / "vocab.json", json.dumps(tables["vocab"], ensure_ascii=False))
-        _write_text(directory / "merges.txt", "\n".join(["#version: 0.2", *tables["merges"]]) + "\n")
+        directory, tables = Path(directory), self.to_dict()
+        write_text(directory / "vocab.json", json.dumps(tables["vocab"], ensure_ascii=False))
+        write_text(directory / "merges.txt", "\n".join(["#version: 0.2", *tables["merges"]]) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ByteBPETokenizer:
@@ -1092,19 +1080,8 @@ class HFTokenizer:
             raise ValueError(f"{source}: model.vocab must be an object mapping token text to integer ids")
         if not isinstance(merges, list):
             raise ValueError(f"{source}: model.merges must be a list, got {reprlib.repr(merges)}")
-        self._merge_ranks = {}
-        for rank, merge in enumerate(merges):
-            parts = merge.split(" ") if isinstance(merge, str) else merge
-            if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(part, str) for part in parts)):
-                raise ValueError(f"{source}: merge {rank} is {reprlib.repr(merge)}; expected a 'left right' "
-                                 "string or a [left, right] pair of strings")
-            for part in (*parts, parts[0] + parts[1]):
-                if part not in vocab:
-                    raise ValueError(f"{source}: merge {rank} {parts!r} needs {part!r}, not in model.vocab")
-            pair = (vocab[parts[0]], vocab[parts[1]])
-            if pair in self._merge_ranks:
-                raise ValueError(f"{source}: merge {rank} {parts!r} repeats merge {self._merge_ranks[pair][0]}")
-            self._merge_ranks[pair] = (rank, vocab[parts[0] + parts[1]])
+        self._merge_ranks = _merge_ranks([_merge_parts(merge, rank, source) for rank, merge in enumerate(merges)],
+                                         vocab, "model.vocab", prefix=f"{source}: ")
         self._ignore_merges = model.get("ignore_merges", False) is True
         self._fuse_unk = model.get("fuse_unk", False) is True
         unk_token = model.get("unk_token")
@@ -1140,6 +1117,10 @@ class HFTokenizer:
                 self._added[content] = token_id
             if special:
                 self._special.add(content)
+        # What encode cuts out of the raw text, and out of each normalized piece: compiled once here.
+        self._added_regex = _special_regex(frozenset(self._added)) if self._added else None
+        self._normalized_added_regex = (_special_regex(frozenset(self._normalized_added))
+                                        if self._normalized_added else None)
         self._id_to_token = [None] * len(self._vocab)
         for token, token_id in self._vocab.items():
             if not 0 <= token_id < len(self._id_to_token) or self._id_to_token[token_id] is not None:
@@ -1279,7 +1260,7 @@ class HFTokenizer:
         text = _without_lone_surrogates(_check_text(text))
         ids = list(self._prefix_ids) if add_special_tokens else []
         start = 0
-        for match in _special_regex(frozenset(self._added)).finditer(text) if self._added else ():
+        for match in self._added_regex.finditer(text) if self._added_regex else ():
             self._encode_piece(text[start : match.start()], start == 0, ids)
             ids.append(self._added[match.group()])
             start = match.end()
@@ -1303,8 +1284,7 @@ class HFTokenizer:
             return
         piece = self._normalize(piece)
         start = 0
-        for match in _special_regex(frozenset(self._normalized_added)).finditer(piece) if self._normalized_added \
-                else ():
+        for match in self._normalized_added_regex.finditer(piece) if self._normalized_added_regex else ():
             self._encode_words(piece[start : match.start()], first and start == 0, ids)
             ids.append(self._normalized_added[match.group()])
             start = match.end()
@@ -1365,9 +1345,7 @@ class HFTokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the tokenizer.json this tokenizer was read from into ``directory`` (whole or not at all)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_text(directory / CHAR_TOKENIZER_FILE, json.dumps(self._data, ensure_ascii=False))
+        write_text(Path(directory) / CHAR_TOKENIZER_FILE, json.dumps(self._data, ensure_ascii=False))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> HFTokenizer:
@@ -1447,9 +1425,30 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | None:
     return None
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as output:
-        output.write(text.encode("utf-8"))
+def _merge_ranks(merges: list[tuple], vocab: dict, vocab_name: str, prefix: str = "") -> dict:
+    """(left id, right id) -> (rank, id of the joined token) for `merges`, (left, right) pairs of token texts in rank
+    order. ValueError (its message starting with `prefix`) for a merge whose parts or result are not in `vocab`
+    (named vocab_name in the message) or that repeats an earlier one."""
+    ranks = {}
+    for rank, (left, right) in enumerate(merges):
+        for part in (left, right, left + right):
+            if part not in vocab:
+                raise ValueError(f"{prefix}merge {rank} ({left!r}, {right!r}) needs {part!r}, not in {vocab_name}")
+        pair = (vocab[left], vocab[right])
+        if pair in ranks:
+            raise ValueError(f"{prefix}merge {rank} ({left!r}, {right!r}) repeats merge {ranks[pair][0]}")
+        ranks[pair] = (rank, vocab[left + right])
+    return ranks
+
+
+def _merge_parts(merge: object, index: int, source: object) -> tuple[str, str]:
+    """A merge of tokenizer.json's model.merges, a 'left right' string or a [left, right] pair of strings, as
+    (left, right); ValueError naming `source` and the merge otherwise."""
+    parts = merge.split(" ") if isinstance(merge, str) else merge
+    if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(part, str) for part in parts)):
+        raise ValueError(f"{source}: merge {index} is {reprlib.repr(merge)}; expected a 'left right' string or a "
+                         "[left, right] pair of strings")
+    return parts[0], parts[1]
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
