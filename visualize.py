@@ -423,11 +423,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         written = [out]
     else:
         try:
-            model, tokenizer = load_model_and_tokenizer(checkpoint=args.checkpoint)
+            model, tokenizer = load_model_and_tokenizer(checkpoint=args.checkpoint, require_tokenizer=True)
         except CheckpointError as error:
             raise SystemExit(f"error: {error}") from None
-        if tokenizer is None:
-            raise SystemExit(f"error: the checkpoint in {args.checkpoint} has no tokenizer to encode the prompt with")
         written = draw_attention(model, tokenizer, args.prompt, out)
     for path in written:
         print(f"written to {path}")
