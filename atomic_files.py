@@ -43,6 +43,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     fsync_directory(path.parent)
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` as UTF-8 to `path` whole or not at all (atomic_output), creating its directory first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as output:
+        output.write(text.encode("utf-8"))
+
+
 def fsync_directory(directory: str | os.PathLike) -> None:
     """Make a rename durable: on POSIX it lives in the directory, which has buffers of its own."""
     if os.name != "posix":

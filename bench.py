@@ -30,6 +30,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from atomic_files import write_text
+
 if TYPE_CHECKING:
     import numpy as np
     import tiktoken
@@ -113,9 +115,8 @@ def bench_training(threads: int, quick: bool, repeats: int, context: dict[str, f
     import torch_peer
     from transformer_lm import TransformerConfig
 
-    shapes = [("nanoGPT CPU: L4 H4 C128, B12 T64, V65", dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
-              ("mid: L6 H6 C384, B8 T256, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256), 8),
-              ("long: L6 H6 C384, B4 T1024, V65", dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=1024), 4)]
+    shapes = [(f"{case}, V65", shape, batch_size) for case, (shape, batch_size) in TRAINING_CASES.items()]
+    shapes.append(("long: L6 H6 C384, B4 T1024, V65", dict(MID_SIZE, max_seq_len=1024), 4))
     for case, shape, batch_size in shapes[:1] if quick else shapes:
         progress(f"  training step, {case} ...")
         config = TransformerConfig.from_preset("nanogpt-cpu", **shape)
@@ -237,6 +238,10 @@ def uncached_generation_seconds(model: TransformerLM, prompt: np.ndarray, new_to
 
 MID_SIZE = dict(n_layers=6, n_heads=6, d_model=384, max_seq_len=256)
 MID_BATCH = 8
+# The two training configs with their batch sizes: nanoGPT's CPU quick start and the mid-size one.
+TRAINING_CASES = {
+    "nanoGPT CPU: L4 H4 C128, B12 T64": (dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
+    "mid: L6 H6 C384, B8 T256": (MID_SIZE, MID_BATCH)}
 
 
 def analytic_training_bytes(config: TransformerConfig, batch_size: int) -> int:
@@ -261,10 +266,17 @@ def peak_rss_megabytes() -> float:
     raise OSError("no VmHWM in /proc/self/status: the memory benchmark needs Linux")
 
 
-def run_probe(flag: str, *arguments: str) -> dict:
-    """Runs `bench.py flag *arguments` (a probe) in a new one-thread process; returns the JSON of its last line."""
-    completed = subprocess.run([sys.executable, __file__, flag, *arguments], capture_output=True, text=True,
-                               env={**os.environ, **{name: "1" for name in THREAD_VARIABLES}})
+def run_probe(flag: str, *arguments: str, threads: int = 1, ranks: int = 1) -> dict:
+    """Runs `bench.py flag *arguments` (a probe) in a new process of `threads` threads, or in `ranks` of them under
+    mpirun; returns the JSON of its last line."""
+    environment = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
+    launcher = []
+    if ranks > 1:
+        launcher = ["mpirun", "-n", str(ranks), "--oversubscribe"]
+        if os.geteuid() == 0:  # Open MPI refuses root unless told
+            environment.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    completed = subprocess.run([*launcher, sys.executable, __file__, flag, *arguments], capture_output=True,
+                               text=True, env=environment, timeout=1800)
     if completed.returncode:
         raise SystemExit(f"{flag.lstrip('-').replace('-', ' ')} failed:\n{completed.stderr}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -627,10 +639,8 @@ def bench_tiles(threads: int, quick: bool, repeats: int, context: dict[str, floa
                         f"{ATTENTION_HEADS * seq_len ** 2 * 4 / 2**30:.0f} GiB" if dense is None else "")
 
 
-# Data parallelism (parallel.py): the two training configs, each with its global batch, as bench_training has them.
-DATA_PARALLEL_CASES = {
-    "nanoGPT CPU: L4 H4 C128, B12 T64": (dict(n_layers=4, n_heads=4, d_model=128, max_seq_len=64), 12),
-    "mid: L6 H6 C384, B8 T256": (MID_SIZE, MID_BATCH)}
+# Data parallelism (parallel.py): the two training configs, each with its global batch.
+DATA_PARALLEL_CASES = TRAINING_CASES
 DATA_PARALLEL_RUNS = {"2 ranks x 1 thread": (2, 1, "ours"), "2 ranks x 1 thread, --zero 1": (2, 1, "zero"),
                       "1 process x 1 thread": (1, 1, "ours"), "1 process x 2 threads": (1, 2, "ours")}
 RING_PROJECTION = [(ranks, gbits) for ranks in (8, 64) for gbits in (10, 100)]
@@ -692,18 +702,6 @@ def data_parallel_probe(case: str, side: str, repeats: int) -> None:
         print(json.dumps(result))
 
 
-def run_data_parallel_probe(case: str, n_ranks: int, threads: int, side: str, repeats: int) -> dict:
-    environment = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
-    if os.geteuid() == 0:  # Open MPI refuses root unless told
-        environment.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    launcher = ["mpirun", "-n", str(n_ranks), "--oversubscribe"] if n_ranks > 1 else []
-    completed = subprocess.run([*launcher, sys.executable, __file__, "--data-parallel-probe", case, side,
-                                str(repeats)], env=environment, stdout=subprocess.PIPE, text=True, timeout=1800)
-    if completed.returncode:
-        raise SystemExit(f"error: the data-parallel probe failed with exit status {completed.returncode}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def bench_data_parallel(threads: int, quick: bool, repeats: int,
                         context: dict[str, float]) -> Iterator[dict[str, object]]:
     """Training step of the whole global batch: 2 ranks x 1 thread under mpirun (plain and --zero 1), 1 process at
@@ -717,12 +715,13 @@ def bench_data_parallel(threads: int, quick: bool, repeats: int,
         return
     for case, (shape, batch_size) in list(DATA_PARALLEL_CASES.items())[:1 if quick else 2]:
         progress(f"  data parallel, {case}: PyTorch at 2 threads ...")
-        theirs = run_data_parallel_probe(case, 1, 2, "torch", 3 * repeats)["seconds"]
+        theirs = run_probe("--data-parallel-probe", case, "torch", str(3 * repeats), threads=2)["seconds"]
         tokens = batch_size * shape["max_seq_len"]
         measured = {}
         for name, (n_ranks, run_threads, side) in DATA_PARALLEL_RUNS.items():
             progress(f"  data parallel, {case}: {name} ...")
-            measured[name] = run_data_parallel_probe(case, n_ranks, run_threads, side, 3 * repeats)
+            measured[name] = run_probe("--data-parallel-probe", case, side, str(3 * repeats), threads=run_threads,
+                                       ranks=n_ranks)
         single = median(measured["1 process x 1 thread"]["seconds"])
         for name, result in measured.items():
             ours = median(result["seconds"])
@@ -1066,13 +1065,6 @@ def output_path(args: argparse.Namespace) -> Path:
     if is_complete(args):
         return ROOT / "BENCHMARKS.md"
     return ROOT / "bench-runs" / time.strftime("%Y%m%d-%H%M%S.md")
-
-
-def write_text(path: Path, text: str) -> None:
-    from atomic_files import atomic_output
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as file:
-        file.write(text.encode("utf-8"))
 
 
 def render(json_path: str | os.PathLike, out: str | os.PathLike | None) -> None:

@@ -92,11 +92,16 @@ MODEL_KEYS = (*MODEL_SETTINGS, "block_size", "max_span")
 # The settings that TransformerConfig derives from others when they are unset (None): one key/value head per query
 # head, d_model / n_heads wide heads, biases on q, k, v as on every other linear map, and a 4 * d_model wide
 # feed-forward.
-DERIVED_SETTINGS = {
-    "d_ff": lambda config: 4 * config.d_model,
-    "n_kv_heads": lambda config: config.n_heads,
-    "head_dim": lambda config: config.d_model // config.n_heads if config.d_model % config.n_heads == 0 else None,
-    "qkv_bias": lambda config: config.bias}
+DERIVED_SETTINGS = ("d_ff", "n_kv_heads", "head_dim", "qkv_bias")
+
+
+def derived_value(config: TransformerConfig, name: str) -> object:
+    """What TransformerConfig derives for setting `name` of `config` when it is left unset (None when nothing can be
+    derived, e.g. head_dim when n_heads does not divide d_model): the config's own rule, not a copy of it."""
+    try:
+        return getattr(dataclasses.replace(config, **{name: None}), name)
+    except ValueError:
+        return None
 
 
 class TrainingError(ValueError):
@@ -118,8 +123,8 @@ def model_preset_settings(config: TransformerConfig) -> dict:
     (DERIVED_SETTINGS) that has its derived value is left unset, so that --n-heads, --d-model or --no-bias on top of
     a preset derive it again instead of keeping the preset's."""
     settings = {name: getattr(config, name) for name in MODEL_SETTINGS}
-    for name, derived in DERIVED_SETTINGS.items():
-        if settings[name] == derived(config):
+    for name in DERIVED_SETTINGS:
+        if settings[name] == derived_value(config, name):
             settings[name] = None
     return {**settings, "block_size": config.max_seq_len, "max_span": config.max_span}
 
