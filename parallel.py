@@ -95,6 +95,11 @@ class FlatLayout:
             np.copyto(view, arrays[name])
         return buffer
 
+    def unpack(self, buffer: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """The inverse of pack: copy each parameter's part of `buffer` into arrays[name], in place."""
+        for name, view in self.views(buffer).items():
+            np.copyto(arrays[name], view)
+
 
 class ShardAdamW(AdamW):
     """AdamW over 1-D pieces of parameters (a rank's shard): weight decay follows the whole parameter's ndim."""
@@ -148,8 +153,7 @@ class ShardedAdamW:
         self.layout.pack(self.params, self.flat_params)  # after_step() may have changed the model's values
         self.inner.step(self.shard_grads, lr=lr)
         self.ranks.comm.Allgather(mpi.IN_PLACE, self.flat_params)
-        for name, view in self.layout.views(self.flat_params).items():
-            np.copyto(self.params[name], view)
+        self.layout.unpack(self.flat_params, self.params)
 
     def gathered(self) -> dict | None:
         """AdamW.state_dict() of the whole model on rank 0 (None elsewhere); every rank must call it."""
@@ -261,8 +265,7 @@ class Ranks:
         layout = FlatLayout(params, 1)
         flat = layout.pack(params, np.empty(layout.padded_size, layout.dtype))
         self.comm.Bcast(flat, root=0)
-        for name, view in layout.views(flat).items():
-            np.copyto(params[name], view)
+        layout.unpack(flat, params)
 
     def check_agreement(self, description: bytes) -> None:
         """ValueError on every rank unless all ranks hold the same description (of their config and data)."""
